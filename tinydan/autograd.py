@@ -1,0 +1,198 @@
+"""Reverse-mode differentiation over the Tensor graph.
+
+``backward`` and ``grad`` share one engine, ``_backprop``:
+
+1. sort the graph topologically with an explicit stack (no recursion: a 10,000-op chain is fine);
+2. keep only the nodes that lead to something we want a gradient for;
+3. walk them from the outputs back to the inputs, calling each op's ``backward`` and adding up the
+   gradients that reach the same Tensor from several uses.
+
+The backward rules are written in tinydan ops. With ``create_graph=False`` recording is switched off
+while they run, so they cost little more than plain NumPy. With ``create_graph=True`` the same ops
+record, and the gradients are Tensors with a graph of their own: differentiate them again for
+Hessian-vector products or for the one-step meta-gradient of Algorithm 1.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .tensor import Tensor, is_grad_enabled, set_grad_enabled, wrap
+
+__all__ = ["no_grad", "enable_grad", "is_grad_enabled", "set_grad_enabled", "backward", "grad",
+           "toposort"]
+
+
+@contextmanager
+def no_grad():
+    """Inside this block ops record nothing: results have requires_grad=False."""
+    prev = set_grad_enabled(False)
+    try:
+        yield
+    finally:
+        set_grad_enabled(prev)
+
+
+@contextmanager
+def enable_grad():
+    """Inside this block ops record the graph, even within ``no_grad``."""
+    prev = set_grad_enabled(True)
+    try:
+        yield
+    finally:
+        set_grad_enabled(prev)
+
+
+def toposort(roots: Iterable[Tensor]) -> list[Tensor]:
+    """Tensors that require grad and lead to ``roots``, inputs before the ops that use them."""
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack = [(r, False) for r in roots if r.requires_grad]
+    while stack:
+        t, expanded = stack.pop()
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in visited:
+            continue
+        visited.add(id(t))
+        stack.append((t, True))
+        for x in t._inputs:
+            if x.requires_grad and id(x) not in visited:
+                stack.append((x, False))
+    return order
+
+
+def _as_grad(g, like: Tensor, what: str) -> Tensor:
+    if not isinstance(g, Tensor):
+        g = wrap(np.asarray(g, dtype=like.dtype))
+    if g.shape != like.shape:
+        raise ValueError(f"{what} has shape {g.shape} but the output has shape {like.shape}; "
+                         "they must be the same")
+    if g.dtype != like.dtype:
+        raise TypeError(f"{what} has dtype {g.dtype} but the output has dtype {like.dtype}")
+    return g
+
+
+def _backprop(roots: Sequence[Tensor], root_grads: Sequence[Tensor], wanted: set[int] | None,
+              create_graph: bool) -> dict[int, Tensor]:
+    """Gradients of sum_i <root_grads[i], roots[i]> w.r.t. every Tensor in ``wanted`` (or every leaf)."""
+    order = toposort(roots)
+    relevant: set[int] | None = None
+    if wanted is not None:       # prune branches that reach no wanted Tensor
+        relevant = set()
+        for t in order:
+            if id(t) in wanted or any(id(x) in relevant for x in t._inputs):
+                relevant.add(id(t))
+    grads: dict[int, Tensor] = {}
+    for r, g in zip(roots, root_grads):
+        if r.requires_grad:
+            grads[id(r)] = g if id(r) not in grads else grads[id(r)] + g
+    prev = set_grad_enabled(create_graph)
+    try:
+        for t in reversed(order):
+            op = t._op
+            if op is None:
+                continue
+            g = grads.get(id(t))
+            if g is None:
+                continue
+            if wanted is None or id(t) not in wanted:
+                del grads[id(t)]            # free intermediate gradients as we go
+            inputs = t._inputs
+            if relevant is None:
+                needs = tuple(x.requires_grad for x in inputs)
+            else:
+                needs = tuple(x.requires_grad and id(x) in relevant for x in inputs)
+            if not any(needs):
+                continue
+            t.needs_input_grad = needs
+            in_grads = op.backward(t, g)
+            t.needs_input_grad = None
+            for x, need, gx in zip(inputs, needs, in_grads):
+                if not need or gx is None:
+                    continue
+                k = id(x)
+                old = grads.get(k)
+                grads[k] = gx if old is None else old + gx
+    finally:
+        set_grad_enabled(prev)
+    return grads
+
+
+def backward(output: Tensor, gradient=None, create_graph: bool = False) -> None:
+    """Accumulate d(output)/d(leaf) into ``leaf.grad`` for every leaf with requires_grad=True.
+
+    ``gradient`` is the vector v in the vector-Jacobian product v^T J; it may be omitted only for a
+    scalar (one-element) output.
+    """
+    if not isinstance(output, Tensor):
+        raise TypeError(f"backward() needs a Tensor, got {type(output).__name__}")
+    if not output.requires_grad:
+        raise RuntimeError("backward() on a tensor that does not require grad: no input it was "
+                           "computed from has requires_grad=True (or it was computed under no_grad)")
+    if gradient is None:
+        if output.size != 1:
+            raise RuntimeError(f"backward() on a tensor of shape {output.shape} needs a gradient of "
+                               "that shape; reduce it first (e.g. loss.sum().backward()) or pass "
+                               "gradient=")
+        gradient = wrap(np.ones_like(output.data))
+    g = _as_grad(gradient, output, "gradient")
+    grads = _backprop([output], [g], None, create_graph)
+    for t in toposort([output]):
+        if t._op is None and id(t) in grads:
+            gt = grads[id(t)]
+            if not create_graph and gt.requires_grad:
+                gt = wrap(gt.data)
+            t.grad = gt if t.grad is None else t.grad + gt
+
+
+def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False,
+         allow_unused: bool = False):
+    """Vector-Jacobian products sum_i <grad_outputs[i], d outputs[i] / d inputs>.
+
+    ``outputs`` and ``inputs`` are Tensors or sequences of Tensors. Returns a tuple with one
+    gradient per input (a single Tensor when ``inputs`` is a single Tensor). Nothing is accumulated
+    into ``.grad``. With ``create_graph=True`` the gradients are themselves differentiable.
+    """
+    single = isinstance(inputs, Tensor)
+    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    ins = [inputs] if single else list(inputs)
+    for i, x in enumerate(ins):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"inputs[{i}] is a {type(x).__name__}, not a Tensor")
+        if not x.requires_grad:
+            raise RuntimeError(f"inputs[{i}] (shape {x.shape}) does not require grad; create it "
+                               "with requires_grad=True")
+    if grad_outputs is None:
+        gos = [None] * len(outs)
+    elif isinstance(grad_outputs, (Tensor, np.ndarray)) or np.isscalar(grad_outputs):
+        gos = [grad_outputs]
+    else:
+        gos = list(grad_outputs)
+    if len(gos) != len(outs):
+        raise ValueError(f"got {len(gos)} grad_outputs for {len(outs)} outputs")
+    root_grads = []
+    for i, (o, go) in enumerate(zip(outs, gos)):
+        if not isinstance(o, Tensor):
+            raise TypeError(f"outputs[{i}] is a {type(o).__name__}, not a Tensor")
+        if go is None:
+            if o.size != 1:
+                raise RuntimeError(f"grad() of a non-scalar output (shape {o.shape}) needs "
+                                   "grad_outputs of that shape")
+            go = wrap(np.ones_like(o.data))
+        root_grads.append(_as_grad(go, o, f"grad_outputs[{i}]"))
+    wanted = {id(x) for x in ins}
+    grads = _backprop(outs, root_grads, wanted, create_graph)
+    result = []
+    for i, x in enumerate(ins):
+        gx = grads.get(id(x))
+        if gx is None and not allow_unused:
+            raise RuntimeError(f"inputs[{i}] (shape {x.shape}) was not used to compute the outputs; "
+                               "pass allow_unused=True to get None for it")
+        if gx is not None and not create_graph and gx.requires_grad:
+            gx = wrap(gx.data)
+        result.append(gx)
+    return result[0] if single else tuple(result)

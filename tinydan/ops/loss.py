@@ -1,0 +1,66 @@
+"""Losses: mean squared error and softmax cross-entropy (plus softmax and log-softmax)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..tensor import Op, Tensor, apply, wrap
+from .elementwise import _pair, as_tensor, exp, log, mul, neg, sub
+from .reduce import mean
+from .reduce import sum as tsum
+from .shape import sum_to
+
+
+class MSE(Op):
+    @staticmethod
+    def forward(ctx, pred, target):
+        d = pred - target
+        return np.asarray(np.mean(d * d))
+
+    @staticmethod
+    def backward(ctx, g):
+        pred, target = ctx.inputs
+        n = max(1, int(np.prod(np.broadcast_shapes(pred.shape, target.shape))))
+        d = mul(sub(pred, target), mul(g, 2.0 / n))       # d/dpred mean((p - t)^2) = 2 (p - t) / n
+        pn, tn = ctx.needs_input_grad
+        return (sum_to(d, pred.shape) if pn else None, sum_to(neg(d), target.shape) if tn else None)
+
+
+def mse_loss(pred, target) -> Tensor:
+    """mean((pred - target)^2) over all elements."""
+    pred, target = _pair(pred, target, "mse_loss")
+    if pred.shape != target.shape:
+        raise ValueError(f"mse_loss: prediction has shape {pred.shape} but target has shape "
+                         f"{target.shape}; they must match")
+    return apply(MSE, pred, target)
+
+
+def log_softmax(logits: Tensor, axis: int = -1) -> Tensor:
+    """log softmax: z - log sum exp z, computed stably (the max is a constant shift)."""
+    z = sub(logits, wrap(logits.data.max(axis=axis, keepdims=True)))
+    return sub(z, log(tsum(exp(z), axis=axis, keepdims=True)))
+
+
+def softmax(logits: Tensor, axis: int = -1) -> Tensor:
+    """softmax(z)_i = exp(z_i) / sum_j exp(z_j)."""
+    return exp(log_softmax(logits, axis=axis))
+
+
+def softmax_cross_entropy(logits, labels) -> Tensor:
+    """mean over the batch of -log softmax(logits)[label]; logits (N, K), labels (N,) ints."""
+    logits = as_tensor(logits)
+    labels = np.asarray(labels.data if isinstance(labels, Tensor) else labels)
+    if logits.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy expects logits of shape (batch, classes), "
+                         f"got {logits.shape}")
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},) to match the logits, "
+                         f"got {labels.shape}")
+    if labels.dtype.kind not in "iu" or labels.min(initial=0) < 0 or \
+            labels.max(initial=0) >= logits.shape[1]:
+        raise ValueError(f"labels must be integers in [0, {logits.shape[1]}), got {labels}")
+    onehot = np.zeros(logits.shape, dtype=logits.dtype)
+    onehot[np.arange(len(labels)), labels] = 1
+    return mul(mean(tsum(mul(log_softmax(logits), wrap(onehot)), axis=1)), -1.0)
+
+
+__all__ = ["mse_loss", "softmax_cross_entropy", "softmax", "log_softmax"]
