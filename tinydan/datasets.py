@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -397,7 +396,7 @@ def _fetch(url: str, target: Path, entry: RemoteFile, *, retries: int, backoff: 
 
 def _stream(response, out, total: int, desc: str, progress: bool | None) -> int:
     try:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
     except ImportError:  # progress bars are optional
         tqdm = None
     bar = None
@@ -736,7 +735,8 @@ def _omniglot_names(sets) -> list[str]:
             names.append(n)
     if not names:
         raise ValueError("load_omniglot needs at least one set")
-    return names
+    order = list(OMNIGLOT_SETS.values())
+    return sorted(names, key=order.index)  # canonical order: the same data and cache file for any order
 
 
 def load_omniglot(sets: str | Sequence[str] = ("small1", "small2"), size: int = 28,
