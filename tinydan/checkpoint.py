@@ -76,7 +76,7 @@ def _json_default(obj):
 
 
 def _to_json(obj) -> str:
-    return json.dumps(obj, default=_json_default, sort_keys=True)
+    return json.dumps(obj, default=_json_default)
 
 
 def _write_npz(fileobj, payload: dict[str, np.ndarray], compress: bool) -> None:
@@ -179,17 +179,14 @@ def _open_failed(path: Path, why: str) -> CheckpointError:
     return CheckpointError(f"cannot read checkpoint {path}: {why}; {_HINT}")
 
 
-def load_checkpoint(path, expect: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """Read (arrays, meta) from a .npz checkpoint with allow_pickle=False; every field of `expect` must match meta."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: the file does not exist; {_HINT}")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint path {path} is not a file; pass the path of the .npz file itself")
+def _read_npz(fh, path: Path) -> dict[str, np.ndarray]:
+    """Every entry of an open .npz file, read with allow_pickle=False; CheckpointError on anything else."""
     try:
-        npz = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # not npy/npz: numpy would have to unpickle it
-        raise _open_failed(path, f"it is not a .npz checkpoint (numpy says: {exc})") from None
+        npz = np.load(fh, allow_pickle=False)
+    except ValueError:  # neither npy nor npz: numpy's only other reading would unpickle it
+        raise _open_failed(
+            path, "it is neither a .npz nor a .npy file (unknown content, which tinydan refuses to unpickle)"
+        ) from None
     except (zipfile.BadZipFile, EOFError, OSError) as exc:
         raise _open_failed(path, f"the file is truncated or corrupt ({type(exc).__name__}: {exc})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -211,6 +208,20 @@ def load_checkpoint(path, expect: Mapping | None = None) -> tuple[dict[str, np.n
                 raise _open_failed(
                     path, f"entry {name!r} is truncated or corrupt ({type(exc).__name__}: {exc})"
                 ) from None
+    return arrays
+
+
+def load_checkpoint(path, expect: Mapping | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Read (arrays, meta) from a .npz checkpoint with allow_pickle=False; every field of `expect` must match meta."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}: the file does not exist; {_HINT}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path {path} is not a file; pass the path of the .npz file itself")
+    if path.stat().st_size == 0:
+        raise _open_failed(path, "the file is empty (was a write interrupted?)")
+    with open(path, "rb") as fh:  # our own handle: numpy leaks its own when a zip turns out corrupt
+        arrays = _read_npz(fh, path)
     raw = arrays.pop(META_KEY, None)
     if raw is None:
         raise _open_failed(path, f"it has no {META_KEY!r} metadata entry, so it is not a tinydan checkpoint")

@@ -30,6 +30,7 @@ Plain NumPy and matplotlib: nothing here imports the autograd engine.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def _new_figure(width: float, height: float) -> Figure:
 def _save(fig: Figure, path) -> Figure:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    fig.savefig(path, dpi=DPI, format="png", bbox_inches="tight", pad_inches=0.1)
     return fig
 
 
@@ -244,9 +245,10 @@ def plot_meta_training(history: Mapping[str, tuple], path, title: str = "meta-tr
         for run in runs:
             (line,) = ax.plot(steps, run, linewidth=0.8, alpha=0.25, color=colour)
             colour = line.get_color()
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():  # a step where every run diverged is NaN, and stays so quietly
+            warnings.simplefilter("ignore", RuntimeWarning)
             centre = np.nanmean(np.where(np.isfinite(runs), runs, np.nan), axis=0) if len(runs) > 1 else runs[0]
-        ax.plot(steps, moving_average(centre, window), linewidth=2.2, color=colour,
+        ax.plot(steps, moving_average(centre, window), linewidth=2.2, color=colour, zorder=3,
                 label=f"{name} (moving average of {window})" if window > 1 else name)
     if logy:
         ax.set_yscale("log")
@@ -294,10 +296,11 @@ def plot_function_fits(x, y_true, preds, windows, path=None, title: str = "", ax
     draw into an existing axes (then `path` may be None); otherwise a new figure is made and saved to `path`.
     """
     x, y_true, preds, windows = _check_fit(x, y_true, preds, windows)
-    if ax is None:
+    own_figure = ax is None
+    if own_figure:
         if path is None:
             raise ValueError("plot_function_fits needs a `path` to save to (or an `ax` to draw into)")
-        fig = _new_figure(6.4, 4.0)
+        fig = _new_figure(8.0, 4.0)
         ax = fig.add_subplot()
     else:
         fig = ax.figure
@@ -305,7 +308,7 @@ def plot_function_fits(x, y_true, preds, windows, path=None, title: str = "", ax
     colours = colormaps[cmap](np.linspace(0.0, 0.9, T)) if T > 1 else colormaps[cmap]([0.0])
     for (lo, hi), colour in zip(windows, colours):
         ax.axvspan(lo, hi, color=colour, alpha=0.12, linewidth=0)
-    ax.plot(x, y_true, color="black", linewidth=2.5, linestyle="--", label="target", zorder=3)
+    ax.plot(x, y_true, color="black", linewidth=2.5, linestyle="--", label="target", zorder=5)
     for k, (pred, colour) in enumerate(zip(preds, colours)):
         lo, hi = windows[k]
         ax.plot(x, pred, color=colour, linewidth=1.6, label=f"after window {k + 1} [{lo:g}, {hi:g}]", zorder=4)
@@ -314,7 +317,9 @@ def plot_function_fits(x, y_true, preds, windows, path=None, title: str = "", ax
     ax.set_ylabel("y")
     if title:
         ax.set_title(title)
-    if legend:
+    if legend and own_figure:
+        fig.legend(loc="outside right upper", frameon=False, fontsize=8)
+    elif legend:
         ax.legend(frameon=False, fontsize=7)
     if path is not None:
         _save(fig, path)
@@ -343,12 +348,14 @@ def plot_function_grid(fits: Sequence, path, ncols: int | None = None, title: st
                 f"got {type(fit).__name__}"
             )
         try:
-            plot_function_fits(*args, title=str(panel_title or f"function {k + 1}"),
-                               ax=axes.flat[k], legend=(k == 0))
+            plot_function_fits(*args, title=str(panel_title or f"function {k + 1}"), ax=axes.flat[k],
+                               legend=False)
         except ValueError as exc:
             raise ValueError(f"fit {k}: {exc}") from None
     for ax in axes.flat[len(fits):]:
         ax.set_axis_off()
+    handles, labels = axes.flat[0].get_legend_handles_labels()  # the first panel's windows label them all
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 6), frameon=False, fontsize=8)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
@@ -374,18 +381,29 @@ def _images(value, what: str) -> np.ndarray:
     return imgs
 
 
-def _mosaic(rows_of_images: list[np.ndarray], ncols: int, gaps: list[int]) -> np.ndarray:
-    """Tile equal-size images: rows_of_images[r] is (<= ncols, H, W); gaps[r] = blank pixels above row r."""
+GAP_COLOUR = (0.85, 0.85, 0.85, 1.0)  # thin separators between images
+EMPTY = (1.0, 1.0, 1.0, 0.0)  # unused slots: transparent
+
+
+def _mosaic(rows_of_images: list[np.ndarray], gaps: list[int], width: int, to_rgba) -> np.ndarray:
+    """Tile images into one (height, width, 4) RGBA picture: gaps[r] separator pixels above row r; rest transparent."""
     H, W = rows_of_images[0].shape[1:]
-    width = ncols * W + (ncols - 1)
     out = []
+    previous = 0
     for row, gap in zip(rows_of_images, gaps):
+        used = len(row) * (W + 1) - 1  # pixels covered by this row's images and the gaps between them
         if gap:
-            out.append(np.full((gap, width), np.nan))
-        strip = np.full((H, width), np.nan)
+            above = np.empty((gap, width, 4))
+            above[:] = EMPTY
+            above[:, :max(used, previous)] = GAP_COLOUR
+            out.append(above)
+        strip = np.empty((H, width, 4))
+        strip[:] = EMPTY
+        strip[:, :used] = GAP_COLOUR
         for c, img in enumerate(row):
-            strip[:, c * (W + 1): c * (W + 1) + W] = img
+            strip[:, c * (W + 1): c * (W + 1) + W] = to_rgba(img)
         out.append(strip)
+        previous = used
     return np.concatenate(out, axis=0)
 
 
@@ -393,21 +411,19 @@ def plot_reconstruction_panels(panels: Sequence[tuple], path, ncols: int = 10, t
                                cmap: str = "gray_r", vmin: float = 0.0, vmax: float = 1.0) -> Figure:
     """Figure 2: one titled block per panel, (title, images (N,H,W)) or (title, originals, reconstructions) in rows of ncols.
 
-    With both, each row of originals sits directly above the row of their reconstructions. Pixels are
-    shown on [vmin, vmax] (ink = 1 is dark with the default 'gray_r').
+    With both, each row of originals sits directly above the row of their reconstructions. All panels
+    share one scale (an image is as large in every panel). Pixels are shown on [vmin, vmax] (with the
+    default 'gray_r', ink = 1 is black on white); NaN pixels are drawn red.
     """
     if len(panels) == 0:
         raise ValueError("plot_reconstruction_panels needs at least one panel: [(title, images), ...]")
     if int(ncols) != ncols or ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}")
-    ncols = int(ncols)
-    blocks = []
+    parsed = []
     for k, panel in enumerate(panels):
         if not isinstance(panel, (tuple, list)) or len(panel) not in (2, 3):
-            raise ValueError(
-                f"panel {k} must be (title, images) or (title, originals, reconstructions), got "
-                f"{type(panel).__name__}{'' if not isinstance(panel, (tuple, list)) else f' of length {len(panel)}'}"
-            )
+            kind = type(panel).__name__ + (f" of length {len(panel)}" if isinstance(panel, (tuple, list)) else "")
+            raise ValueError(f"panel {k} must be (title, images) or (title, originals, reconstructions), got {kind}")
         name = str(panel[0])
         sets = [_images(p, f"panel {k} ({name!r}) images") for p in panel[1:]]
         if len(sets) == 2 and sets[0].shape != sets[1].shape:
@@ -415,38 +431,47 @@ def plot_reconstruction_panels(panels: Sequence[tuple], path, ncols: int = 10, t
                 f"panel {k} ({name!r}): originals {sets[0].shape} and reconstructions {sets[1].shape} "
                 f"must have the same shape"
             )
-        n = sets[0].shape[0]
-        cols = min(ncols, n)
-        rows, gaps, labels = [], [], []
-        for start in range(0, n, cols):
-            for s, imgs in enumerate(sets):
-                rows.append(imgs[start:start + cols])
-                gaps.append(0 if not rows[:-1] else (1 if s else 4))
-                labels.append(("original", "reconstruction")[s] if len(sets) == 2 else "")
-        mosaic = _mosaic(rows, cols, gaps)
-        blocks.append((name, mosaic, rows, gaps, labels))
+        parsed.append((name, sets))
+    cols = min(int(ncols), max(sets[0].shape[0] for _, sets in parsed))  # shared by every panel
+    width = max(cols * (sets[0].shape[2] + 1) - 1 for _, sets in parsed)
+    colours = colormaps[cmap].with_extremes(bad="red")
+    norm = Normalize(vmin=vmin, vmax=vmax, clip=True)
 
-    width = min(1.0 + 0.75 * max(b[1].shape[1] for b in blocks) / 29, 16.0)
-    heights = [b[1].shape[0] / b[1].shape[1] * (width - 1.0) + 0.4 for b in blocks]
-    fig = _new_figure(width, sum(heights) + (0.4 if title else 0.0))
-    axes = fig.subplots(len(blocks), 1, squeeze=False, height_ratios=heights)[:, 0]
-    colours = colormaps[cmap].with_extremes(bad="#d9d9d9")
-    for ax, (name, mosaic, rows, gaps, labels) in zip(axes, blocks):
-        ax.imshow(np.ma.masked_invalid(mosaic), cmap=colours, vmin=vmin, vmax=vmax, interpolation="nearest")
-        ax.set_title(name, fontsize=10)
-        ax.set_xticks([])
-        if any(labels):
-            centres, y = [], 0
-            for row, gap in zip(rows, gaps):
-                y += gap
-                centres.append(y + row.shape[1] / 2 - 0.5)
-                y += row.shape[1]
-            ax.set_yticks(centres, labels, fontsize=7)
-            ax.tick_params(axis="y", length=0)
-        else:
-            ax.set_yticks([])
-        for spine in ax.spines.values():
-            spine.set_visible(False)
+    def to_rgba(img):
+        return colours(norm(np.ma.masked_invalid(img)))
+
+    band = 16  # transparent pixels above each panel, for its title
+    pictures, ticks, tick_labels, titles, y = [], [], [], [], 0
+    for name, sets in parsed:
+        rows, gaps, labels = [], [], []
+        for start in range(0, sets[0].shape[0], cols):
+            for s, imgs in enumerate(sets):
+                gaps.append(0 if not rows else (1 if s else 4))
+                rows.append(imgs[start:start + cols])
+                labels.append(("original", "reconstruction")[s] if len(sets) == 2 else "")
+        pictures.append(np.broadcast_to(EMPTY, (band, width, 4)))
+        titles.append((y + band * 0.55, name))
+        y += band
+        for row, gap, label in zip(rows, gaps, labels):
+            y += gap
+            if label:
+                ticks.append(y + row.shape[1] / 2 - 0.5)
+                tick_labels.append(label)
+            y += row.shape[1]
+        pictures.append(_mosaic(rows, gaps, width, to_rgba))
+    mosaic = np.concatenate(pictures, axis=0)  # every panel in one picture: one scale for all
+
+    fig_width = min(1.4 + 0.75 * width / 29, 16.0)
+    fig = _new_figure(fig_width, (fig_width - 1.2) * mosaic.shape[0] / width + (0.5 if title else 0.2))
+    ax = fig.add_subplot()
+    ax.imshow(mosaic, interpolation="nearest")
+    for y_title, name in titles:
+        ax.text(width / 2, y_title, name, ha="center", va="center", fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks(ticks, tick_labels, fontsize=7)
+    ax.tick_params(axis="y", length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
     if title:
         fig.suptitle(title)
     return _save(fig, path)
