@@ -104,6 +104,24 @@ def test_matmul_batched_second_order(sa, sb):
     check_grad(lambda a, b: td.tanh(a @ b), r(*sa), r(*sb), order=2)
 
 
+@pytest.mark.parametrize("sx,sw,sb", [((3, 4), (4, 2), (2,)), ((2, 3, 4), (2, 4, 5), (2, 1, 5)),
+                                      ((5, 4), (3, 4, 2), (2,))], ids=str)
+def test_linear_second_order(sx, sw, sb):
+    check_grad(lambda x, w, b: td.tanh(td.linear(x, w, b)), r(*sx), r(*sw), r(*sb), order=2)
+    x, w, b = r(*sx), r(*sw), r(*sb)
+    assert np.allclose(td.linear(td.tensor(x), td.tensor(w), td.tensor(b)).data, x @ w + b)
+
+
+def test_third_derivative_of_tanh():
+    """tanh's backward is its own op (TanhGrad); its backward must be right too."""
+    x = td.tensor(0.3, requires_grad=True, dtype=np.float64)
+    d1 = td.grad(td.tanh(x), x, create_graph=True)
+    d2 = td.grad(d1, x, create_graph=True)
+    d3 = td.grad(d2, x)
+    t = np.tanh(0.3)
+    assert np.isclose(d3.item(), -2 * (1 - t * t) * (1 - 3 * t * t))
+
+
 def test_losses_second_order():
     check_grad(lambda p, t: td.mse_loss(td.tanh(p), t), r(3, 4), r(3, 4))
     check_grad(lambda z: td.softmax_cross_entropy(z * z, np.array([0, 2, 1])), r(3, 4))
@@ -172,3 +190,15 @@ def test_wrong_shapes_give_clear_errors():
         td.mse_loss(td.tensor(np.ones((2, 1))), td.tensor(np.ones(2)))
     with pytest.raises(TypeError, match="float32 or float64"):
         td.tensor([1, 2], dtype=np.int64)
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_transposed_flag_matmul_second_order(ta, tb):
+    """The internal op(a) @ op(b) used by matmul's backward, for every transpose combination."""
+    from tinydan.ops.linalg import _mm
+    a = r(2, 4, 3) if ta else r(2, 3, 4)
+    b = r(5, 4) if tb else r(4, 5)
+    check_grad(lambda x, y: td.tanh(_mm(x, y, ta=ta, tb=tb)), a, b, order=2)
+    ref = (a.swapaxes(-1, -2) if ta else a) @ (b.T if tb else b)
+    assert np.allclose(_mm(td.tensor(a), td.tensor(b), ta=ta, tb=tb).data, ref)

@@ -82,10 +82,12 @@ def _backprop(roots: Sequence[Tensor], root_grads: Sequence[Tensor], wanted: set
     order = toposort(roots)
     relevant: set[int] | None = None
     if wanted is not None:       # prune branches that reach no wanted Tensor
-        relevant = set()
+        relevant = set(wanted)
         for t in order:
-            if id(t) in wanted or any(id(x) in relevant for x in t._inputs):
-                relevant.add(id(t))
+            for x in t._inputs:
+                if id(x) in relevant:
+                    relevant.add(id(t))
+                    break
     grads: dict[int, Tensor] = {}
     for r, g in zip(roots, root_grads):
         if r.requires_grad:
@@ -96,17 +98,19 @@ def _backprop(roots: Sequence[Tensor], root_grads: Sequence[Tensor], wanted: set
             op = t._op
             if op is None:
                 continue
-            g = grads.get(id(t))
+            key = id(t)
+            if wanted is None or key not in wanted:
+                g = grads.pop(key, None)       # free intermediate gradients as we go
+            else:
+                g = grads.get(key)
             if g is None:
                 continue
-            if wanted is None or id(t) not in wanted:
-                del grads[id(t)]            # free intermediate gradients as we go
             inputs = t._inputs
             if relevant is None:
-                needs = tuple(x.requires_grad for x in inputs)
+                needs = tuple([x.requires_grad for x in inputs])
             else:
-                needs = tuple(x.requires_grad and id(x) in relevant for x in inputs)
-            if not any(needs):
+                needs = tuple([x.requires_grad and id(x) in relevant for x in inputs])
+            if True not in needs:
                 continue
             t.needs_input_grad = needs
             in_grads = op.backward(t, g)

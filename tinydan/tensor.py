@@ -211,19 +211,27 @@ def apply(op, *inputs: Tensor, **attrs) -> Tensor:
     """Run ``op.forward`` on the inputs' arrays and, if recording, link the output to the inputs."""
     out = _new(Tensor)
     out.saved = None
+    n = len(inputs)                      # unrolled for the common arities: this is the hot path
+    if n == 1:
+        out.data = op.forward(out, inputs[0].data, **attrs)
+        record = _grad_enabled and inputs[0].requires_grad
+    elif n == 2:
+        a, b = inputs
+        out.data = op.forward(out, a.data, b.data, **attrs)
+        record = _grad_enabled and (a.requires_grad or b.requires_grad)
+    else:
+        out.data = op.forward(out, *[t.data for t in inputs], **attrs)
+        record = _grad_enabled and any(t.requires_grad for t in inputs)
     out.grad = None
     out.name = None
     out.needs_input_grad = None
-    out.data = op.forward(out, *[t.data for t in inputs], **attrs)
-    if _grad_enabled:
-        for t in inputs:
-            if t.requires_grad:
-                out.requires_grad = True
-                out._op = op
-                out._inputs = inputs
-                return out
-    out.requires_grad = False
-    out._op = None
-    out._inputs = ()
-    out.saved = None
+    if record:
+        out.requires_grad = True
+        out._op = op
+        out._inputs = inputs
+    else:
+        out.requires_grad = False
+        out._op = None
+        out._inputs = ()
+        out.saved = None
     return out

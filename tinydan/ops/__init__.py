@@ -5,7 +5,7 @@ from ..tensor import Tensor
 from .conv import col2im, conv2d, im2col, max_pool2d, put_rows, take_rows
 from .elementwise import (abs, add, as_tensor, div, exp, leaky_relu, log, mask_mul, maximum,
                           minimum, mul, neg, pow, relu, rsub, sigmoid, sqrt, sub, tanh, where)
-from .linalg import matmul
+from .linalg import linear, matmul
 from .loss import log_softmax, mse_loss, softmax, softmax_cross_entropy
 from .reduce import max, mean, min, sum
 from .shape import (broadcast_to, concatenate, getitem, pad, permute, reshape, scatter_add, stack,
@@ -13,7 +13,7 @@ from .shape import (broadcast_to, concatenate, getitem, pad, permute, reshape, s
 
 __all__ = [
     "abs", "add", "as_tensor", "broadcast_to", "col2im", "concatenate", "conv2d", "div", "exp",
-    "getitem", "im2col", "leaky_relu", "log", "log_softmax", "mask_mul", "matmul", "max",
+    "getitem", "im2col", "leaky_relu", "linear", "log", "log_softmax", "mask_mul", "matmul", "max",
     "max_pool2d", "maximum", "mean", "min", "minimum", "mse_loss", "mul", "neg", "pad", "permute",
     "pow", "put_rows", "relu", "reshape", "rsub", "scatter_add", "sigmoid", "softmax",
     "softmax_cross_entropy", "sqrt", "stack", "sub", "sum", "sum_to", "swapaxes", "take_rows",

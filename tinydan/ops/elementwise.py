@@ -22,11 +22,11 @@ def as_tensor(x, like: Tensor | None = None) -> Tensor:
 
 
 def _pair(a, b, name):
-    if type(a) is not Tensor:
-        if type(b) is not Tensor:
+    if not isinstance(a, Tensor):
+        if not isinstance(b, Tensor):
             b = as_tensor(b)
         a = as_tensor(a, b)
-    elif type(b) is not Tensor:
+    elif not isinstance(b, Tensor):
         b = as_tensor(b, a)
     elif a.data.dtype != b.data.dtype:
         raise TypeError(f"{name}: mismatched dtypes {a.dtype} and {b.dtype}; convert one with "
@@ -58,7 +58,7 @@ class Add(Op):
     def backward(ctx, g):
         a, b = ctx.inputs
         na, nb = ctx.needs_input_grad
-        return (sum_to(g, a.shape) if na else None, sum_to(g, b.shape) if nb else None)
+        return (sum_to(g, a.data.shape) if na else None, sum_to(g, b.data.shape) if nb else None)
 
 
 class Sub(Op):
@@ -70,7 +70,8 @@ class Sub(Op):
     def backward(ctx, g):
         a, b = ctx.inputs
         na, nb = ctx.needs_input_grad
-        return (sum_to(g, a.shape) if na else None, sum_to(neg(g), b.shape) if nb else None)
+        return (sum_to(g, a.data.shape) if na else None,
+                sum_to(apply(Neg, g), b.data.shape) if nb else None)
 
 
 class Mul(Op):
@@ -82,8 +83,8 @@ class Mul(Op):
     def backward(ctx, g):
         a, b = ctx.inputs
         na, nb = ctx.needs_input_grad
-        return (sum_to(mul(g, b), a.shape) if na else None,
-                sum_to(mul(g, a), b.shape) if nb else None)
+        return (sum_to(apply(Mul, g, b), a.data.shape) if na else None,
+                sum_to(apply(Mul, g, a), b.data.shape) if nb else None)
 
 
 class Div(Op):
@@ -162,7 +163,23 @@ class Tanh(Op):
 
     @staticmethod
     def backward(ctx, g):
-        return (mul(g, rsub(mul(ctx, ctx), 1.0)),)   # d tanh = 1 - tanh^2
+        return (apply(TanhGrad, g, ctx),)             # d tanh = 1 - tanh^2
+
+
+class TanhGrad(Op):
+    """g * (1 - y^2) for y = tanh(a): tanh's backward as one op (it is on every DAN's path)."""
+
+    @staticmethod
+    def forward(ctx, g, y):
+        return g * (1 - y * y)
+
+    @staticmethod
+    def backward(ctx, gg):
+        g, y = ctx.inputs
+        ng, ny = ctx.needs_input_grad
+        dg = apply(TanhGrad, gg, y) if ng else None                     # d/dg = 1 - y^2
+        dy = mul(apply(Mul, gg, apply(Mul, g, y)), -2.0) if ny else None  # d/dy = -2 g y
+        return dg, dy
 
 
 class Sigmoid(Op):

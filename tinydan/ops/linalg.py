@@ -1,8 +1,9 @@
-"""Matrix products with batch dimensions.
+"""Matrix products with batch dimensions, and the affine map x @ W + b.
 
 ``matmul(a, b)`` follows ``numpy.matmul``: the last two axes are matrices, the leading axes are
 batch axes that broadcast. Backward: dA = dC @ B^T and dB = A^T @ dC, summed over the batch axes
-that were broadcast.
+that were broadcast. ``linear(x, W, b)`` fuses the product with a bias (one op instead of two, the
+most common pair in a network).
 """
 from __future__ import annotations
 
@@ -10,42 +11,107 @@ import numpy as np
 
 from ..tensor import Op, Tensor, apply
 from .elementwise import _pair
-from .shape import reshape, sum_to, swapaxes
+from .shape import reshape, sum_to
+
+
+def _mT_array(x):
+    return x.swapaxes(-1, -2)
+
+
+def _matmul_forward(a, b):
+    try:
+        return np.matmul(a, b)
+    except ValueError:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not fit: the last axis of "
+                         f"the first ({a.shape[-1]}) must equal the second-to-last of the second "
+                         f"({b.shape[-2]}), and the batch axes must broadcast") from None
+
+
+def _mm(a: Tensor, b: Tensor, ta: bool = False, tb: bool = False) -> Tensor:
+    """op(a) @ op(b) where op transposes the last two axes when its flag is set (internal)."""
+    return apply(MatMul, a, b, ta=ta, tb=tb)
+
+
+def _matmul_grads(g, a, b, ta, tb, na, nb):
+    """Gradients of C = op(A) op(B) w.r.t. A and B, each one transposed-flag matmul (no copies).
+
+    C = A B:     dA = dC B^T,     dB = A^T dC
+    C = A B^T:   dA = dC B,       dB = dC^T A
+    C = A^T B:   dA = B dC^T,     dB = A dC
+    C = A^T B^T: dA = B^T dC^T,   dB = dC^T A^T
+    """
+    if not ta and not tb:
+        ga = _mm(g, b, tb=True) if na else None
+        gb = _mm(a, g, ta=True) if nb else None
+    elif not ta and tb:
+        ga = _mm(g, b) if na else None
+        gb = _mm(g, a, ta=True) if nb else None
+    elif ta and not tb:
+        ga = _mm(b, g, tb=True) if na else None
+        gb = _mm(a, g) if nb else None
+    else:
+        ga = _mm(b, g, ta=True, tb=True) if na else None
+        gb = _mm(g, a, ta=True, tb=True) if nb else None
+    return (None if ga is None else sum_to(ga, a.data.shape),
+            None if gb is None else sum_to(gb, b.data.shape))
 
 
 class MatMul(Op):
     @staticmethod
-    def forward(ctx, a, b):
-        # (..., n, k) @ (..., k, m) -> (..., n, m)
-        return np.matmul(a, b)
+    def forward(ctx, a, b, ta=False, tb=False):
+        # (..., n, k) @ (..., k, m) -> (..., n, m); ta/tb read a or b transposed (a view)
+        ctx.saved = (ta, tb)
+        return _matmul_forward(_mT_array(a) if ta else a, _mT_array(b) if tb else b)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.inputs
+        ta, tb = ctx.saved
         na, nb = ctx.needs_input_grad
-        ga = sum_to(matmul(g, swapaxes(b, -1, -2)), a.shape) if na else None
-        gb = sum_to(matmul(swapaxes(a, -1, -2), g), b.shape) if nb else None
-        return ga, gb
+        return _matmul_grads(g, a, b, ta, tb, na, nb)
+
+
+class Linear(Op):
+    @staticmethod
+    def forward(ctx, x, w, b):
+        # (..., n, k) @ (..., k, m) + (..., m) -> (..., n, m)
+        out = _matmul_forward(x, w)
+        try:
+            out += b
+        except ValueError:
+            raise ValueError(f"linear: bias of shape {b.shape} does not broadcast to the "
+                             f"product's shape {out.shape}") from None
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, b = ctx.inputs
+        nx, nw, nb = ctx.needs_input_grad
+        gx, gw = _matmul_grads(g, x, w, False, False, nx, nw)
+        return gx, gw, (sum_to(g, b.data.shape) if nb else None)
 
 
 def matmul(a, b) -> Tensor:
     """C = A @ B over the last two axes, batch axes broadcast: C[..., i, j] = sum_k A[..., i, k] B[..., k, j]."""
     a, b = _pair(a, b, "matmul")
+    if a.data.ndim >= 2 and b.data.ndim >= 2:
+        return apply(MatMul, a, b)
     if a.ndim == 0 or b.ndim == 0:
         raise ValueError(f"matmul needs tensors with at least 1 dimension, got {a.shape} @ {b.shape}")
-    if a.ndim == 1 or b.ndim == 1:            # vectors: promote, multiply, squeeze (NumPy rules)
-        a2 = reshape(a, (1, a.shape[0])) if a.ndim == 1 else a
-        b2 = reshape(b, (b.shape[0], 1)) if b.ndim == 1 else b
-        out = matmul(a2, b2)
-        shape = out.shape[:-2] + (() if a.ndim == 1 else out.shape[-2:-1]) + \
-            (() if b.ndim == 1 else out.shape[-1:])
-        return reshape(out, shape)
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not fit: the last axis of the "
-                         f"first ({a.shape[-1]}) must equal the second-to-last of the second "
-                         f"({b.shape[-2]})")
-    try:
-        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        raise ValueError(f"matmul: batch axes of {a.shape} and {b.shape} do not broadcast") from None
-    return apply(MatMul, a, b)
+    # vectors: promote to matrices, multiply, squeeze (NumPy rules)
+    a2 = reshape(a, (1, a.shape[0])) if a.ndim == 1 else a
+    b2 = reshape(b, (b.shape[0], 1)) if b.ndim == 1 else b
+    out = matmul(a2, b2)
+    shape = out.shape[:-2] + (() if a.ndim == 1 else out.shape[-2:-1]) + \
+        (() if b.ndim == 1 else out.shape[-1:])
+    return reshape(out, shape)
+
+
+def linear(x, weight, bias) -> Tensor:
+    """The affine map y = x @ W + b (batch axes broadcast); one op, three gradients."""
+    x, weight = _pair(x, weight, "linear")
+    weight, bias = _pair(weight, bias, "linear")
+    if x.data.ndim < 2 or weight.data.ndim < 2:
+        raise ValueError(f"linear needs x and W with at least 2 dimensions, got {x.shape} and "
+                         f"{weight.shape}")
+    return apply(Linear, x, weight, bias)

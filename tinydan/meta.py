@@ -1,0 +1,197 @@
+"""Algorithm 1 of the paper, written once for both experiments.
+
+A **population** of M models shares one phenotype phi (the DANs, ``net``'s Parameters) and has its
+own synapses theta_m (one leading axis of every synapse tensor: no Python loop over members).
+Each meta-epoch every member gets a fresh task sequence and the synapses restart from theta_0.
+After EVERY inner step
+
+    theta_{t+1} = theta_t - alpha * grad_theta L_task(theta_t, phi)           (inner step, SGD)
+
+comes a meta step on the meta-loss at the updated synapses, averaged over the population:
+
+    phi <- Adam(phi, (1/M) sum_m grad_phi L_meta(theta_{t+1, m}, phi))        (meta step)
+
+Two meta-gradients (SPEC section 2):
+
+* ``first_order``: theta_{t+1} is held constant; only phi's direct effect on the meta-loss counts.
+* ``one_step``: differentiate through the inner update too. theta_{t+1} depends on phi through
+  grad_theta L_task, so this is a gradient of a gradient (``create_graph=True``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Protocol
+
+import numpy as np
+
+from . import ops
+from .autograd import grad
+from .nn.dan import DANNetwork
+from .optim import Adam, SGD
+from .tensor import Tensor, wrap
+
+__all__ = ["META_GRADS", "task_loss", "inner_step", "meta_step", "MetaTrainer", "TaskSequence",
+           "deploy_step"]
+
+META_GRADS = ("first_order", "one_step")
+
+
+class TaskSequence(Protocol):
+    """One task sequence per population member, stacked on a leading axis of size M."""
+
+    def inner_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(x (M, b, n_in), y (M, b, n_out)) for every inner step, sub-task after sub-task."""
+
+    def meta_batch(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(x (M, B, n_in), y (M, B, n_out)) for the meta-loss after the latest inner step."""
+
+
+def task_loss(net: DANNetwork, theta: dict, x: Tensor, y: Tensor) -> Tensor:
+    """sum over members of each member's mean squared error: sum_m mean_b (f(x_mb) - y_mb)^2.
+
+    Summing (not averaging) over members gives each member's synapses exactly its own gradient.
+    """
+    pred = net(x, theta)
+    return ops.mul(ops.mse_loss(pred, y), float(x.shape[0]))
+
+
+def _as_leaves(theta: dict) -> dict:
+    return {k: Tensor(v.data if isinstance(v, Tensor) else v, requires_grad=True)
+            for k, v in theta.items()}
+
+
+def inner_step(net: DANNetwork, theta: dict, x, y, lr: float, create_graph: bool = False):
+    """theta' = theta - lr * grad_theta L_task(theta, phi); returns (theta', L_task)."""
+    # BEGIN SOLUTION
+    names = list(theta)
+    loss = task_loss(net, theta, _t(x), _t(y))
+    grads = grad(loss, [theta[k] for k in names], create_graph=create_graph)
+    if create_graph:           # theta' stays a function of phi (through the gradient)
+        new = {k: ops.sub(theta[k], ops.mul(g, lr)) for k, g in zip(names, grads)}
+    else:                      # plain numbers: new leaves
+        new = {k: Tensor(theta[k].data - lr * g.data, requires_grad=True)
+               for k, g in zip(names, grads)}
+    return new, loss
+    # END SOLUTION
+
+
+def deploy_step(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, float]:
+    """One deployment SGD step on the synapses with phi fixed; returns (theta', loss)."""
+    new, loss = inner_step(net, theta, x, y, lr, create_graph=False)
+    return new, float(loss.data) / x.shape[0]
+
+
+def _t(a) -> Tensor:
+    return a if isinstance(a, Tensor) else wrap(a)
+
+
+def meta_step(net: DANNetwork, theta: dict, x_task, y_task, x_meta, y_meta, inner_lr: float,
+              meta_grad: str = "first_order", phi: list | None = None):
+    """One inner step and the meta-gradient at the updated synapses.
+
+    Returns (theta_{t+1} as new leaves, grads of the meta-loss w.r.t. ``phi`` (default: all of
+    ``net``'s Parameters), task loss per member, meta-loss).
+    """
+    # BEGIN SOLUTION
+    if meta_grad not in META_GRADS:
+        raise ValueError(f"meta_grad must be one of {META_GRADS}, got {meta_grad!r}")
+    phi = net.parameters() if phi is None else phi
+    one_step = meta_grad == "one_step"
+    theta1, loss = inner_step(net, theta, x_task, y_task, inner_lr, create_graph=one_step)
+    if not one_step:
+        theta1_const = {k: wrap(v.data) for k, v in theta1.items()}
+    else:
+        theta1_const = theta1
+    meta_loss = ops.mse_loss(net(_t(x_meta), theta1_const), _t(y_meta))   # mean over members
+    gphi = grad(meta_loss, phi, allow_unused=True)
+    if one_step:
+        theta1 = {k: Tensor(v.data, requires_grad=True) for k, v in theta1.items()}
+    return theta1, gphi, float(loss.data) / x_task.shape[0], float(meta_loss.data)
+    # END SOLUTION
+
+
+@dataclass
+class MetaTrainer:
+    """Runs Algorithm 1: meta-epochs of (inner step, meta step) pairs over sampled task sequences.
+
+    ``sample`` draws one TaskSequence for the whole population from a Generator. ``theta0`` is the
+    synapse initialisation every member restarts from at each meta-epoch.
+    """
+
+    net: DANNetwork
+    theta0: dict
+    sample: Callable[[np.random.Generator], TaskSequence]
+    inner_lr: float
+    meta_lr: float
+    meta_grad: str = "first_order"
+    meta_optimizer: str = "adam"
+    seed: int = 0
+    epoch: int = 0
+    history: dict = field(default_factory=lambda: {"epoch": [], "task_loss": [], "meta_loss": []})
+
+    def __post_init__(self):
+        if self.meta_grad not in META_GRADS:
+            raise ValueError(f"meta_grad must be one of {META_GRADS}, got {self.meta_grad!r}")
+        if self.meta_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"meta_optimizer must be 'adam' or 'sgd', got {self.meta_optimizer!r}")
+        self.phi = self.net.parameters()
+        opt = Adam if self.meta_optimizer == "adam" else SGD
+        self.optimizer = opt(self.phi, lr=self.meta_lr)
+        self.rng = np.random.default_rng([self.seed, 1])
+
+    def run_epoch(self, progress=None) -> dict:
+        """One meta-epoch: reset theta to theta_0, a new task sequence per member, then for every
+        inner step a meta step (Algorithm 1, lines 5-19). Returns the epoch's mean losses."""
+        seq = self.sample(self.rng)
+        theta = _as_leaves(self.theta0)
+        task_losses, meta_losses = [], []
+        for x, y in seq.inner_batches():
+            xm, ym = seq.meta_batch(self.rng)
+            theta, gphi, lt, lm = meta_step(self.net, theta, x, y, xm, ym, self.inner_lr,
+                                            self.meta_grad, self.phi)
+            self.optimizer.step(gphi)
+            task_losses.append(lt)
+            meta_losses.append(lm)
+            if progress is not None:
+                progress(lm)
+        self.epoch += 1
+        out = {"epoch": self.epoch, "task_loss": float(np.mean(task_losses)),
+               "meta_loss": float(np.mean(meta_losses))}
+        for k in self.history:
+            self.history[k].append(out[k])
+        if not np.isfinite(out["meta_loss"]):
+            raise FloatingPointError(f"meta-loss became {out['meta_loss']} at meta-epoch "
+                                     f"{self.epoch}; lower the learning rates (inner {self.inner_lr}, "
+                                     f"meta {self.meta_lr})")
+        return out
+
+    # ---------------------------------------------------------------- checkpoint support
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """phi, the meta-optimizer state and theta_0 as named arrays."""
+        arrays = {f"phi.{k}": v for k, v in self.net.state_dict().items()}
+        arrays.update({f"optim.{k}": v for k, v in self.optimizer.state_dict().items()})
+        arrays.update({f"theta0.{k}": np.asarray(v) for k, v in self.theta0.items()})
+        return arrays
+
+    def state_meta(self) -> dict:
+        """The JSON-able part of the state: epoch, history and the generator's state."""
+        return {"epoch": self.epoch, "history": self.history,
+                "rng_state": _jsonable(self.rng.bit_generator.state)}
+
+    def load_state(self, arrays: dict, meta: dict) -> None:
+        """Restore what ``state_arrays``/``state_meta`` saved (resume)."""
+        self.net.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("phi.")})
+        self.optimizer.load_state_dict({k[6:]: v for k, v in arrays.items()
+                                        if k.startswith("optim.")})
+        self.theta0 = {k[7:]: v for k, v in arrays.items() if k.startswith("theta0.")}
+        self.epoch = int(meta["epoch"])
+        self.history = {k: list(v) for k, v in meta["history"].items()}
+        self.rng.bit_generator.state = meta["rng_state"]
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,117 @@
+"""The networks of SPEC.md, built from ``tinydan.nn``: the regression network (section 3).
+
+Configs are dataclasses so that a checkpoint can store them as JSON and refuse another config.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+import numpy as np
+
+from .nn.dan import SHARINGS, DANNetwork, MLPDAN
+
+__all__ = ["RegressionConfig", "REGRESSION_CONFIGS", "regression_config", "build_regression_net"]
+
+OUTPUTS = ("scaled_tanh", "linear")
+
+
+@dataclass(frozen=True)
+class RegressionConfig:
+    """Everything that defines a regression run (SPEC section 3)."""
+
+    name: str = "paper"
+    nodes: tuple = (1, 40, 40, 1)
+    n_channels: int = 40
+    dan_hidden: tuple = (15, 8)
+    sharing: str = "global"
+    output: str = "scaled_tanh"        # "scaled_tanh": 4 * tanh(DAN); "linear": no final tanh
+    output_scale: float = 4.0
+    skips: tuple = ((0, 2), (1, 3))
+    n_windows: int = 5
+    steps_per_window: int = 100
+    inner_batch: int = 1
+    meta_batch: int = 32
+    meta_loss: str = "memory"
+    population: int = 1
+    inner_lr: float = 0.001
+    meta_lr: float = 1e-4
+    meta_optimizer: str = "adam"
+    meta_grad: str = "first_order"
+    meta_epochs: int = 400
+    val_every: int = 10
+    val_functions: int = 20
+    eval_functions: int = 50
+
+    def __post_init__(self):
+        if self.sharing not in SHARINGS:
+            raise ValueError(f"sharing must be one of {SHARINGS}, got {self.sharing!r}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.meta_grad not in ("first_order", "one_step"):
+            raise ValueError(f"meta_grad must be 'first_order' or 'one_step', got {self.meta_grad!r}")
+        for name in ("inner_lr", "meta_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("n_channels", "n_windows", "steps_per_window", "inner_batch", "meta_batch",
+                     "population", "meta_epochs", "val_every", "val_functions", "eval_functions"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (tuples become lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RegressionConfig":
+        """Inverse of to_dict; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown regression config fields {sorted(unknown)}")
+        conv = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
+                    if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**conv)
+
+    def replace(self, **changes) -> "RegressionConfig":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+REGRESSION_CONFIGS = {
+    # The paper as written: scaled tanh output, SGD 0.001 on synapses, Adam 1e-4 on phi.
+    "paper": RegressionConfig(name="paper"),
+    # What works within the time budget (see README, "How the default was chosen").
+    "default": RegressionConfig(name="default", output="linear", inner_lr=0.01, meta_lr=1e-4,
+                                meta_grad="first_order", meta_epochs=300),
+    # A few-second config for tests and lessons.
+    "tiny": RegressionConfig(name="tiny", nodes=(1, 8, 8, 1), n_channels=6, dan_hidden=(5, 4),
+                             output="linear", inner_lr=0.01, meta_lr=1e-3, steps_per_window=10,
+                             meta_batch=8, meta_epochs=3, val_every=1, val_functions=4,
+                             eval_functions=6),
+}
+
+
+def regression_config(name: str, **overrides) -> RegressionConfig:
+    """A named config with optional field overrides."""
+    if name not in REGRESSION_CONFIGS:
+        raise ValueError(f"unknown regression config {name!r}; choose one of "
+                         f"{sorted(REGRESSION_CONFIGS)}")
+    cfg = REGRESSION_CONFIGS[name]
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def build_regression_net(cfg: RegressionConfig, rng: np.random.Generator | None = None,
+                         sharing: str | None = None, dtype=np.float32) -> DANNetwork:
+    """The network of SPEC section 3: nodes [1, 40, 40, 1], C = 40, DAN C -> 15 -> 8 -> 1 (tanh),
+    skip VECs 0->2 and 1->3; the output is 4 * tanh(DAN) (scaled_tanh) or the DAN without its
+    final tanh (linear)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+
+    def make_dan(n_neurons=None):
+        return MLPDAN(cfg.n_channels, cfg.dan_hidden, "tanh", n_neurons=n_neurons, rng=rng,
+                      dtype=dtype)
+
+    linear = cfg.output == "linear"
+    return DANNetwork(cfg.nodes, cfg.n_channels, make_dan, sharing=sharing or cfg.sharing,
+                      skips=cfg.skips, final_activation=not linear,
+                      output_scale=None if linear else cfg.output_scale)

@@ -1,0 +1,105 @@
+"""The incremental sine-regression task stream (paper 4.1, SPEC section 3). Plain NumPy.
+
+A task sequence is one target function y = a0 sin(r0 x + p0) + a1 sin(r1 x + p1) with
+a ~ U(0, 2), r ~ U(0, pi/3), p ~ U(-5, 5), learned window by window: the domain [-5, 5] is cut into
+5 windows [-5,-3], [-3,-1], [-1,1], [1,3], [3,5]; each sub-task is ``steps`` SGD steps on batches
+of ``batch`` points x ~ U(window). Many functions are handled at once along a leading axis (the
+population during meta-training, the held-out functions at deployment).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["SineFunctions", "SineSequence", "sample_sines", "windows", "EVAL_SEED", "VAL_SEED"]
+
+# Held-out functions come from these seeds, which meta-training never uses (it draws from
+# np.random.default_rng([seed, 1])).
+EVAL_SEED = 2_000_003
+VAL_SEED = 1_000_003
+
+
+def windows(domain=(-5.0, 5.0), n: int = 5) -> np.ndarray:
+    """(n, 2) array of consecutive equal windows covering ``domain``."""
+    edges = np.linspace(domain[0], domain[1], n + 1)
+    return np.stack([edges[:-1], edges[1:]], axis=1)
+
+
+@dataclass
+class SineFunctions:
+    """F target functions: amplitudes a (F, 2), rates r (F, 2), phases p (F, 2)."""
+
+    a: np.ndarray
+    r: np.ndarray
+    p: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """y[f, ...] = sum_k a[f,k] sin(r[f,k] x[f, ...] + p[f,k]); x (F, ...) -> (F, ...)."""
+        shape = (len(self),) + (1,) * (x.ndim - 1)
+        y = np.zeros_like(x)
+        for k in range(2):
+            y += self.a[:, k].reshape(shape) * np.sin(self.r[:, k].reshape(shape) * x +
+                                                      self.p[:, k].reshape(shape))
+        return y
+
+    def subset(self, idx) -> "SineFunctions":
+        """The functions at ``idx``."""
+        return SineFunctions(self.a[idx], self.r[idx], self.p[idx])
+
+
+def sample_sines(rng: np.random.Generator, n: int, amp=(0.0, 2.0), rate=(0.0, np.pi / 3),
+                 phase=(-5.0, 5.0)) -> SineFunctions:
+    """n functions with a ~ U(amp), r ~ U(rate), p ~ U(phase) for both sine terms."""
+    return SineFunctions(rng.uniform(*amp, size=(n, 2)), rng.uniform(*rate, size=(n, 2)),
+                         rng.uniform(*phase, size=(n, 2)))
+
+
+class SineSequence:
+    """The task sequences of F functions, as Algorithm 1 and deployment consume them.
+
+    ``inner_batches()`` yields (x, y) of shape (F, batch, 1) for every inner step, window after
+    window; ``meta_batch(rng)`` draws ``meta_batch_size`` points per function for the meta-loss:
+    from the windows seen so far (memory loss), or from the whole domain (memory + transfer).
+    """
+
+    def __init__(self, functions: SineFunctions, rng: np.random.Generator, steps: int = 100,
+                 batch: int = 1, n_windows: int = 5, domain=(-5.0, 5.0),
+                 meta_batch_size: int = 32, meta_loss: str = "memory", dtype=np.float32):
+        if meta_loss not in ("memory", "memory+transfer"):
+            raise ValueError(f"meta_loss must be 'memory' or 'memory+transfer', got {meta_loss!r}")
+        self.f = functions
+        self.windows = windows(domain, n_windows)
+        self.steps, self.batch = int(steps), int(batch)
+        self.meta_batch_size, self.meta_loss = int(meta_batch_size), meta_loss
+        self.dtype = dtype
+        F = len(functions)
+        # every x the sequence will show, drawn up front: (windows, steps, F, batch)
+        lo, hi = self.windows[:, 0], self.windows[:, 1]
+        u = rng.uniform(size=(n_windows, self.steps, F, self.batch))
+        self.xs = (lo[:, None, None, None] + (hi - lo)[:, None, None, None] * u).astype(dtype)
+        self.current_window = 0
+
+    def inner_batches(self):
+        """(x (F, batch, 1), y (F, batch, 1)) per step; ``current_window`` tracks the sub-task."""
+        for w in range(len(self.windows)):
+            self.current_window = w
+            for s in range(self.steps):
+                x = self.xs[w, s]
+                yield x[..., None], self.f(x)[..., None].astype(self.dtype)
+
+    def meta_batch(self, rng: np.random.Generator):
+        """(x, y) of shape (F, meta_batch_size, 1) from the windows seen so far (or everywhere)."""
+        lo = self.windows[0, 0]
+        hi = self.windows[self.current_window, 1] if self.meta_loss == "memory" else self.windows[-1, 1]
+        x = rng.uniform(lo, hi, size=(len(self.f), self.meta_batch_size)).astype(self.dtype)
+        return x[..., None], self.f(x)[..., None].astype(self.dtype)
+
+    def eval_points(self, per_window: int = 200):
+        """Evenly spaced noise-free points per window: x (F, T*per_window, 1), y likewise."""
+        xs = np.concatenate([np.linspace(lo, hi, per_window) for lo, hi in self.windows])
+        x = np.broadcast_to(xs, (len(self.f), len(xs))).astype(self.dtype)
+        return x[..., None], self.f(x)[..., None].astype(self.dtype)
