@@ -472,10 +472,13 @@ def _mlp_case(width: int, batch: int, per_op: bool) -> Case:
     params = [tW[0], tb[0], tW[1], tb[1], tW[2], tb[2]]
     tx, tt = td.tensor(x), td.tensor(t)
 
+    # the layer op that tinydan.nn uses: the fused td.linear(x, W, b) where the engine has it
+    layer = getattr(td, "linear", None) or (lambda h, w, b: td.matmul(h, w) + b)
+
     def run_tinydan():
-        h1 = td.tanh(td.matmul(tx, tW[0]) + tb[0])
-        h2 = td.tanh(td.matmul(h1, tW[1]) + tb[1])
-        y = td.matmul(h2, tW[2]) + tb[2]
+        h1 = td.tanh(layer(tx, tW[0], tb[0]))
+        h2 = td.tanh(layer(h1, tW[1], tb[1]))
+        y = layer(h2, tW[2], tb[2])
         loss = td.mse_loss(y, tt)
         return (loss, *td.grad(loss, params))
 
@@ -496,7 +499,8 @@ def _mlp_case(width: int, batch: int, per_op: bool) -> Case:
         db1 = da1.sum(axis=0)
         return (loss, dW1, db1, dW2, db2, dW3, db3)
 
-    notes = f"fwd+bwd {width}-{width}-{width}-1 tanh MLP + MSE, batch {batch}, float32"
+    notes = (f"fwd+bwd {width}-{width}-{width}-1 tanh MLP + MSE, batch {batch}, float32, layers "
+             + ("td.linear" if hasattr(td, "linear") else "td.matmul + add"))
     return Case(run_tinydan, run_reference, notes=notes, per_op=per_op)
 
 
