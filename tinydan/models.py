@@ -115,3 +115,57 @@ def build_regression_net(cfg: RegressionConfig, rng: np.random.Generator | None 
     return DANNetwork(cfg.nodes, cfg.n_channels, make_dan, sharing=sharing or cfg.sharing,
                       skips=cfg.skips, final_activation=not linear,
                       output_scale=None if linear else cfg.output_scale)
+
+
+class PlainMLP:
+    """A plain MLP (no DANs) with the same population interface as DANNetwork: all its weights are
+    per-member "synapses", so ``forward(x, synapses)`` maps x (P, B, n_in) -> (P, B, n_out).
+
+    Hidden layers use tanh; the output is linear. Used for the naive sequential baseline, the joint
+    upper bound, EWC and replay.
+    """
+
+    def __init__(self, sizes=(1, 40, 40, 1)):
+        self.sizes = tuple(int(s) for s in sizes)
+
+    def synapse_shapes(self) -> dict[str, tuple]:
+        """W_l (n_l, n_{l+1}) and b_l (1, n_{l+1}) for each layer."""
+        shapes = {}
+        for l, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+            shapes[f"w{l}"] = (a, b)
+            shapes[f"b{l}"] = (1, b)
+        return shapes
+
+    def init_synapses(self, population: int, rng: np.random.Generator, dtype=np.float32,
+                      same: bool = True) -> dict[str, np.ndarray]:
+        """Glorot-uniform weights, zero biases; the same draw for every member when same=True."""
+        from .nn.init import glorot_uniform
+        n = 1 if same else population
+        theta = {}
+        for name, shape in self.synapse_shapes().items():
+            if name.startswith("b"):
+                w = np.zeros((n,) + shape, dtype=dtype)
+            else:
+                w = glorot_uniform(rng, (n,) + shape, shape[0], shape[1], dtype)
+            theta[name] = np.repeat(w, population, axis=0) if same else w
+        return theta
+
+    def num_synapses(self) -> int:
+        """Number of parameters of one member."""
+        return sum(int(np.prod(s)) for s in self.synapse_shapes().values())
+
+    def parameters(self) -> list:
+        """A plain MLP has no phenotype: nothing is meta-learned."""
+        return []
+
+    def __call__(self, x, synapses):
+        """x (P, B, n_in) -> (P, B, n_out); a NumPy x is taken in the synapses' dtype."""
+        from . import ops
+        from .tensor import Tensor
+        h = x if isinstance(x, Tensor) else Tensor(x, dtype=synapses["w0"].dtype)
+        L = len(self.sizes) - 1
+        for l in range(L):
+            h = ops.linear(h, synapses[f"w{l}"], synapses[f"b{l}"])
+            if l < L - 1:
+                h = ops.tanh(h)
+        return h

@@ -79,7 +79,8 @@ class SineSequence:
         F = len(functions)
         # every x the sequence will show, drawn up front: (windows, steps, F, batch)
         lo, hi = self.windows[:, 0], self.windows[:, 1]
-        u = rng.uniform(size=(n_windows, self.steps, F, self.batch))
+        # function-major draws, so the first k functions see the same points whatever F is
+        u = rng.uniform(size=(F, n_windows, self.steps, self.batch)).transpose(1, 2, 0, 3)
         self.xs = (lo[:, None, None, None] + (hi - lo)[:, None, None, None] * u).astype(dtype)
         self.current_window = 0
 

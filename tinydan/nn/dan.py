@@ -254,7 +254,9 @@ class DANNetwork(Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, synapses: dict) -> Tensor:
-        """x (P, B, nodes[0]) -> (P, B, nodes[-1])."""
+        """x (P, B, nodes[0]) -> (P, B, nodes[-1]); a NumPy x is taken in the synapses' dtype."""
+        if not isinstance(x, Tensor):
+            x = Tensor(x, dtype=next(iter(synapses.values())).dtype)
         if x.ndim != 3 or x.shape[2] != self.nodes[0]:
             raise ValueError(f"expected input of shape (population, batch, {self.nodes[0]}), "
                              f"got {x.shape}")

@@ -1,0 +1,126 @@
+"""Algorithm 1: the one-step meta-gradient, population averaging, determinism, resume."""
+import numpy as np
+import pytest
+
+import tinydan as td
+from tinydan.meta import MetaTrainer, inner_step, meta_step
+from tinydan.models import build_regression_net, regression_config
+from tinydan.regression import new_trainer
+
+pytestmark = pytest.mark.meta
+
+
+def _setup(M=1, seed=0):
+    cfg = regression_config("tiny")
+    net = build_regression_net(cfg, np.random.default_rng(seed), dtype=np.float64)
+    theta = net.init_synapses(M, np.random.default_rng(seed + 1), dtype=np.float64, same=False)
+    rng = np.random.default_rng(seed + 2)
+    xt = rng.uniform(-1, 1, (M, 2, 1))
+    xm = rng.uniform(-1, 1, (M, 5, 1))
+    return net, theta, xt, np.sin(3 * xt), xm, np.cos(2 * xm)
+
+
+def _leaves(theta):
+    return {k: td.tensor(v, requires_grad=True) for k, v in theta.items()}
+
+
+def _post_step_meta_loss(net, theta, xt, yt, xm, ym, lr):
+    _, _, _, lm = meta_step(net, _leaves(theta), xt, yt, xm, ym, lr, "one_step")
+    return lm
+
+
+def test_one_step_meta_gradient_matches_finite_differences_and_differs_from_first_order():
+    net, theta, xt, yt, xm, ym = _setup()
+    lr = 0.5                                   # large, so the step's dependence on phi matters
+    _, g1, _, _ = meta_step(net, _leaves(theta), xt, yt, xm, ym, lr, "one_step")
+    _, g0, _, _ = meta_step(net, _leaves(theta), xt, yt, xm, ym, lr, "first_order")
+    phi = net.parameters()
+    eps = 1e-6
+    for p, ga, gf in zip(phi, g1, g0):
+        num = np.zeros_like(p.data)
+        for k in np.ndindex(p.shape):
+            old = p.data[k]
+            p.data[k] = old + eps
+            hi = _post_step_meta_loss(net, theta, xt, yt, xm, ym, lr)
+            p.data[k] = old - eps
+            lo = _post_step_meta_loss(net, theta, xt, yt, xm, ym, lr)
+            p.data[k] = old
+            num[k] = (hi - lo) / (2 * eps)
+        assert np.allclose(ga.data, num, atol=1e-7, rtol=1e-5), (ga.data, num)
+    diff = max(np.abs(a.data - b.data).max() for a, b in zip(g1, g0))
+    scale = max(np.abs(a.data).max() for a in g1)
+    assert diff > 1e-3 * scale                  # first-order drops the d theta_1 / d phi term
+
+
+def test_first_order_meta_gradient_is_the_gradient_at_fixed_updated_synapses():
+    net, theta, xt, yt, xm, ym = _setup()
+    new, _ = inner_step(net, _leaves(theta), xt, yt, 0.5)
+    direct = td.grad(td.mse_loss(net(xm, {k: v.detach() for k, v in new.items()}), td.tensor(ym)),
+                     net.parameters())
+    _, g0, _, _ = meta_step(net, _leaves(theta), xt, yt, xm, ym, 0.5, "first_order")
+    for a, b in zip(direct, g0):
+        assert np.allclose(a.data, b.data)
+
+
+@pytest.mark.parametrize("mode", ["first_order", "one_step"])
+def test_population_gradient_is_the_mean_of_member_gradients(mode):
+    M = 3
+    net, theta, xt, yt, xm, ym = _setup(M)
+    new, g, _, _ = meta_step(net, _leaves(theta), xt, yt, xm, ym, 0.3, mode)
+    members = []
+    for m in range(M):
+        th_m = {k: v[m:m + 1] for k, v in theta.items()}
+        new_m, g_m, _, _ = meta_step(net, _leaves(th_m), xt[m:m + 1], yt[m:m + 1], xm[m:m + 1],
+                                     ym[m:m + 1], 0.3, mode)
+        members.append(g_m)
+        for k in new:                           # each member's synapses get exactly its own step
+            assert np.allclose(new[k].data[m], new_m[k].data[0])
+    for i, gp in enumerate(g):
+        assert np.allclose(gp.data, np.mean([gm[i].data for gm in members], axis=0))
+
+
+def test_same_seed_gives_bit_identical_results():
+    cfg = regression_config("tiny")
+    a, b = new_trainer(cfg, 3), new_trainer(cfg, 3)
+    for _ in range(2):
+        ra, rb = a.run_epoch(), b.run_epoch()
+        assert ra == rb
+    for (ka, pa), (kb, pb) in zip(a.net.named_parameters(), b.net.named_parameters()):
+        assert ka == kb and np.array_equal(pa.data, pb.data)
+    c = new_trainer(cfg, 4)
+    c.run_epoch()
+    assert not np.array_equal(c.net.parameters()[0].data, a.net.parameters()[0].data)
+
+
+def test_resume_continues_exactly():
+    cfg = regression_config("tiny")
+    straight = new_trainer(cfg, 5)
+    for _ in range(3):
+        straight.run_epoch()
+    first = new_trainer(cfg, 5)
+    first.run_epoch()
+    arrays, meta = first.state_arrays(), first.state_meta()
+    second = new_trainer(cfg, 5)
+    second.load_state(arrays, meta)
+    for _ in range(2):
+        second.run_epoch()
+    assert second.epoch == 3
+    for p, q in zip(straight.net.parameters(), second.net.parameters()):
+        assert np.array_equal(p.data, q.data)
+    assert straight.history == second.history
+
+
+def test_meta_training_reduces_the_meta_loss():
+    """A few epochs of the tiny config must lower the meta-loss (Algorithm 1 actually learns)."""
+    cfg = regression_config("tiny", meta_lr=3e-3, steps_per_window=20)
+    tr = new_trainer(cfg, 0)
+    losses = [tr.run_epoch()["meta_loss"] for _ in range(12)]
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+
+
+def test_bad_meta_arguments_give_clear_errors():
+    net, theta, xt, yt, xm, ym = _setup()
+    with pytest.raises(ValueError, match="meta_grad must be one of"):
+        meta_step(net, _leaves(theta), xt, yt, xm, ym, 0.1, "second_order")
+    with pytest.raises(ValueError, match="meta_optimizer"):
+        MetaTrainer(net, theta, None, 0.1, 0.1, meta_optimizer="rmsprop")
