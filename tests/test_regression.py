@@ -54,7 +54,7 @@ def test_deploy_returns_the_loss_matrix_of_every_function():
 
 def test_meta_train_checkpoint_round_trip_and_refusals(tmp_path):
     cfg = regression_config("tiny", meta_epochs=2)
-    ph = meta_train(cfg, 0, tmp_path / "run", quiet=True, log=lambda *a: None)
+    ph = meta_train(cfg, 0, tmp_path / "run", quiet=True, log=lambda *a: None, workers=0)
     ckpt = tmp_path / "run" / "checkpoint.npz"
     loaded = load_phenotype(ckpt)
     assert loaded.cfg == cfg
@@ -64,8 +64,8 @@ def test_meta_train_checkpoint_round_trip_and_refusals(tmp_path):
         assert np.array_equal(ph.theta0[k], loaded.theta0[k])
     # resuming with another config is refused with a message naming the field
     with pytest.raises(CheckpointError, match="n_channels"):
-        meta_train(cfg.replace(n_channels=7), 0, tmp_path / "run", resume=True, quiet=True,
-                   log=lambda *a: None)
+            meta_train(cfg.replace(n_channels=7), 0, tmp_path / "run", resume=True, quiet=True,
+                   log=lambda *a: None, workers=0)
     with pytest.raises(CheckpointError, match="config"):
         load_phenotype(ckpt, cfg=regression_config("paper"))
     # a foreign checkpoint (another kind) and a corrupt file are refused clearly
@@ -79,15 +79,24 @@ def test_meta_train_checkpoint_round_trip_and_refusals(tmp_path):
 
 def test_resume_after_interruption_equals_a_straight_run(tmp_path):
     cfg = regression_config("tiny", meta_epochs=2)
-    straight = meta_train(cfg, 1, tmp_path / "a", quiet=True, log=lambda *a: None)
-    meta_train(cfg.replace(meta_epochs=1), 1, tmp_path / "b", quiet=True, log=lambda *a: None)
+    straight = meta_train(cfg, 1, tmp_path / "a", quiet=True, log=lambda *a: None, workers=0)
+    meta_train(cfg.replace(meta_epochs=1), 1, tmp_path / "b", quiet=True, log=lambda *a: None, workers=0)
     # the checkpoint stores the config; continuing needs the same config, so rewrite epochs only
     from tinydan.checkpoint import load_checkpoint
     arrays, meta = load_checkpoint(tmp_path / "b" / "checkpoint.npz")
     meta["config"]["meta_epochs"] = 2
     save_checkpoint(tmp_path / "b" / "checkpoint.npz", arrays, meta)
-    resumed = meta_train(cfg, 1, tmp_path / "b", resume=True, quiet=True, log=lambda *a: None)
+    resumed = meta_train(cfg, 1, tmp_path / "b", resume=True, quiet=True, log=lambda *a: None, workers=0)
     assert resumed.meta["history"] == straight.meta["history"]
+
+
+def test_validation_in_a_worker_process_gives_the_same_run(tmp_path):
+    """Validation runs on the second core when there is one; the result must not change."""
+    cfg = regression_config("tiny", meta_epochs=2)
+    inline = meta_train(cfg, 2, tmp_path / "a", quiet=True, log=lambda *a: None, workers=0)
+    pooled = meta_train(cfg, 2, tmp_path / "b", quiet=True, log=lambda *a: None, workers=1)
+    assert inline.meta["val_history"] == pooled.meta["val_history"]
+    assert inline.meta["best_epoch"] == pooled.meta["best_epoch"]
 
 
 def test_cli_run_writes_results_and_figures(tmp_path):

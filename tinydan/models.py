@@ -41,6 +41,7 @@ class RegressionConfig:
     val_every: int = 10
     val_functions: int = 20
     eval_functions: int = 50
+    joint_epochs: int = 300
 
     def __post_init__(self):
         if self.sharing not in SHARINGS:
@@ -53,7 +54,7 @@ class RegressionConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("n_channels", "n_windows", "steps_per_window", "inner_batch", "meta_batch",
-                     "population", "meta_epochs", "val_every", "val_functions", "eval_functions"):
+                     "population", "meta_epochs", "val_every", "val_functions", "eval_functions", "joint_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -87,7 +88,7 @@ REGRESSION_CONFIGS = {
     "tiny": RegressionConfig(name="tiny", nodes=(1, 8, 8, 1), n_channels=6, dan_hidden=(5, 4),
                              output="linear", inner_lr=0.01, meta_lr=1e-3, steps_per_window=10,
                              meta_batch=8, meta_epochs=3, val_every=1, val_functions=4,
-                             eval_functions=6),
+                             eval_functions=6, joint_epochs=20),
 }
 
 

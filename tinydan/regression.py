@@ -182,13 +182,24 @@ def new_trainer(cfg: RegressionConfig, seed: int) -> MetaTrainer:
                        cfg.meta_optimizer, seed=seed)
 
 
-def meta_train(cfg: RegressionConfig, seed: int, out_dir: Path, resume: bool = False,
-               quiet: bool = False, log=print) -> Phenotype:
-    """Algorithm 1 for cfg.meta_epochs meta-epochs, validating every cfg.val_every epochs.
+def _validate_job(cfg_dict: dict, phi: dict, theta0: dict, seed: int) -> float:
+    """validate() for a phi snapshot, runnable in a worker process."""
+    cfg = RegressionConfig.from_dict(cfg_dict)
+    net = build_regression_net(cfg, np.random.default_rng(0))
+    net.load_state_dict(phi)
+    return validate(net, theta0, cfg, seed)
 
-    Writes ``checkpoint.npz`` (latest state + best phi so far) atomically after every validation;
-    with ``resume`` continues from it. Returns the phenotype with the best validation phi.
+
+def meta_train(cfg: RegressionConfig, seed: int, out_dir: Path, resume: bool = False,
+               quiet: bool = False, log=print, workers: int | None = None) -> Phenotype:
+    """Algorithm 1 for cfg.meta_epochs meta-epochs, validating a phi snapshot every cfg.val_every.
+
+    Validation (deploying the snapshot on the validation functions) runs in a worker process while
+    meta-training goes on, when the machine has a second core (``workers=0``: inline). After each
+    validation result ``checkpoint.npz`` (latest state + best phi so far) is written atomically;
+    with ``resume`` training continues from it. Returns the phenotype with the best validation phi.
     """
+    from .parallel import Workers
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint.npz"
     trainer = new_trainer(cfg, seed)
@@ -204,24 +215,39 @@ def meta_train(cfg: RegressionConfig, seed: int, out_dir: Path, resume: bool = F
         log(f"resumed from {ckpt} at meta-epoch {trainer.epoch}")
     elif resume:
         log(f"no checkpoint at {ckpt}: starting from scratch")
+
+    def save():
+        arrays = trainer.state_arrays()
+        arrays.update({f"best.phi.{k}": v for k, v in best["phi"].items()})
+        save_checkpoint(ckpt, arrays, _checkpoint_meta(cfg, seed, trainer, {
+            "val_history": val_hist, "best_val": best["val"], "best_epoch": best["epoch"]}))
+
+    def collect(pending, wait):
+        nonlocal best
+        while pending and (wait or pending[0][2].done()):
+            epoch, phi, fut = pending.pop(0)
+            v = fut.result()
+            val_hist.append((epoch, v))
+            if v < best["val"]:
+                best = {"val": v, "epoch": epoch, "phi": phi}
+            save()
+
     bar = _progress(cfg.meta_epochs, f"meta-training ({cfg.meta_grad})", quiet, trainer.epoch)
     t0 = time.perf_counter()
-    while trainer.epoch < cfg.meta_epochs:
-        stats = trainer.run_epoch()
-        last = trainer.epoch == cfg.meta_epochs
-        if trainer.epoch % cfg.val_every == 0 or last:
-            v = validate(trainer.net, trainer.theta0, cfg, seed)
-            val_hist.append((trainer.epoch, v))
-            if v < best["val"]:
-                best = {"val": v, "epoch": trainer.epoch, "phi": trainer.net.state_dict()}
-            arrays = trainer.state_arrays()
-            arrays.update({f"best.phi.{k}": v for k, v in best["phi"].items()})
-            save_checkpoint(ckpt, arrays, _checkpoint_meta(cfg, seed, trainer, {
-                "val_history": val_hist, "best_val": best["val"], "best_epoch": best["epoch"]}))
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4f}",
-                            val=f"{val_hist[-1][1]:.4f}" if val_hist else "-")
+    pending: list = []
+    with Workers(workers) as pool:
+        while trainer.epoch < cfg.meta_epochs:
+            stats = trainer.run_epoch()
+            if trainer.epoch % cfg.val_every == 0 or trainer.epoch == cfg.meta_epochs:
+                phi = trainer.net.state_dict()
+                pending.append((trainer.epoch, phi, pool.submit(
+                    _validate_job, cfg.to_dict(), phi, trainer.theta0, seed)))
+            collect(pending, wait=len(pending) > 2)        # never fall far behind
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(meta_loss=f"{stats['meta_loss']:.4f}",
+                                val=f"{val_hist[-1][1]:.4f}" if val_hist else "-")
+        collect(pending, wait=True)
     if bar is not None:
         bar.close()
     trainer.net.load_state_dict(best["phi"])
@@ -260,8 +286,22 @@ def load_phenotype(path, cfg: RegressionConfig | None = None) -> Phenotype:
 # ---------------------------------------------------------------------------------------------
 # comparison on held-out functions, results.json and figures
 # ---------------------------------------------------------------------------------------------
+def _naive_mlp_job(cfg_dict, sizes, theta0, functions, seed):
+    """Tune the naive MLP's SGD learning rate on validation functions, then deploy it."""
+    cfg = RegressionConfig.from_dict(cfg_dict)
+    mlp = PlainMLP(sizes)
+    lr, scores = tune_mlp_lr(mlp, theta0, cfg, seed=seed)
+    return deploy(mlp, theta0, functions, cfg, lr=lr, seed=seed), lr, scores
+
+
+def _joint_mlp_job(cfg_dict, sizes, theta0, functions, seed):
+    """The joint upper bound (see train_joint)."""
+    cfg = RegressionConfig.from_dict(cfg_dict)
+    return train_joint(PlainMLP(sizes), theta0, functions, cfg, epochs=cfg.joint_epochs, seed=seed)
+
+
 def compare(ph: Phenotype, out_dir: Path, n_functions: int | None = None, seed: int = 0,
-            quiet: bool = False, log=print) -> dict:
+            quiet: bool = False, log=print, workers: int | None = None) -> dict:
     """Deploy net0 (meta-learned phi), net2 (random shared phi), the naive MLP and the joint MLP on
     the same held-out functions; write results.json, results.md and the figures."""
     cfg = ph.cfg
@@ -271,7 +311,7 @@ def compare(ph: Phenotype, out_dir: Path, n_functions: int | None = None, seed: 
     held_out = sample_sines(np.random.default_rng(EVAL_SEED), n)
     out_dir.mkdir(parents=True, exist_ok=True)
     timings, runs = {}, {}
-    steps = ["net0", "net2", "mlp lr", "naive MLP", "joint MLP"]
+    steps = ["net0", "net2", "naive MLP", "joint MLP"]
     bar = _progress(len(steps), "deploying on held-out functions", quiet)
 
     def tick(name, t0):
@@ -280,24 +320,25 @@ def compare(ph: Phenotype, out_dir: Path, n_functions: int | None = None, seed: 
             bar.update(1)
             bar.set_postfix_str(name)
 
-    t0 = time.perf_counter()
-    runs["net0 (meta-learned DANs)"] = deploy(ph.net, ph.theta0, held_out, cfg, seed=seed, record=True)
-    tick("net0", t0)
-    t0 = time.perf_counter()
-    rand = build_regression_net(cfg, np.random.default_rng([seed, 99]))
-    runs["net2 (random DANs)"] = deploy(rand, ph.theta0, held_out, cfg, seed=seed)
-    tick("net2", t0)
-    t0 = time.perf_counter()
+    from .parallel import Workers
     mlp = PlainMLP((cfg.nodes[0], 40, 40, cfg.nodes[-1]))
     mlp_theta0 = mlp.init_synapses(1, np.random.default_rng([seed, 5]))
-    mlp_lr, lr_scores = tune_mlp_lr(mlp, mlp_theta0, cfg, seed=seed)
-    tick("mlp lr", t0)
-    t0 = time.perf_counter()
-    runs["naive MLP (sequential SGD)"] = deploy(mlp, mlp_theta0, held_out, cfg, lr=mlp_lr, seed=seed)
-    tick("naive MLP", t0)
-    t0 = time.perf_counter()
-    runs["joint MLP (all windows at once)"] = train_joint(mlp, mlp_theta0, held_out, cfg, seed=seed)
-    tick("joint MLP", t0)
+    with Workers(workers) as pool:     # the MLP baselines on the second core, the DANs here
+        t0 = time.perf_counter()
+        naive_job = pool.submit(_naive_mlp_job, cfg.to_dict(), mlp.sizes, mlp_theta0, held_out, seed)
+        joint_job = pool.submit(_joint_mlp_job, cfg.to_dict(), mlp.sizes, mlp_theta0, held_out, seed)
+        runs["net0 (meta-learned DANs)"] = deploy(ph.net, ph.theta0, held_out, cfg, seed=seed,
+                                                  record=True)
+        tick("net0", t0)
+        t0 = time.perf_counter()
+        rand = build_regression_net(cfg, np.random.default_rng([seed, 99]))
+        runs["net2 (random DANs)"] = deploy(rand, ph.theta0, held_out, cfg, seed=seed)
+        tick("net2", t0)
+        naive, mlp_lr, lr_scores = naive_job.result()
+        runs["naive MLP (sequential SGD)"] = naive
+        tick("naive MLP", t0)
+        runs["joint MLP (all windows at once)"] = joint_job.result()
+        tick("joint MLP", t0)
     if bar is not None:
         bar.close()
 
@@ -310,7 +351,8 @@ def compare(ph: Phenotype, out_dir: Path, n_functions: int | None = None, seed: 
         "baselines": {"naive_mlp_lr": mlp_lr, "naive_mlp_lr_val_scores": lr_scores,
                       "mlp_sizes": list(mlp.sizes), "mlp_parameters": mlp.num_synapses(),
                       "dan_synapses": ph.net.num_synapses(), "dan_phi": ph.net.num_parameters(),
-                      "joint": "Adam lr 0.01, 300 epochs of minibatches of 32 on the same points"},
+                      "joint": f"Adam lr 0.01, {cfg.joint_epochs} epochs of minibatches of 32 on "
+                               "the same points"},
         "models": summaries,
         "timings_seconds": timings,
         "versions": {"tinydan": __version__, "numpy": np.__version__, "python": platform.python_version()},

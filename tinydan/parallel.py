@@ -1,0 +1,64 @@
+"""Use the machine's second core: run independent jobs (validation, baselines) in a worker process.
+
+Meta-training is one sequential chain of steps, but deploying a phi snapshot on validation
+functions, or deploying a baseline, does not depend on it. ``Workers`` runs such jobs in a process
+pool when there is more than one core, and inline otherwise, with the same interface:
+``submit(fn, *args)`` returns an object with ``.result()`` and ``.done()``. Jobs must be
+module-level functions with picklable arguments (the pool uses the ``spawn`` start method, which is
+safe with BLAS threads).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+
+__all__ = ["Workers", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _init_worker():
+    # one BLAS thread per process: the point is to use the cores with processes, not threads
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+class Workers:
+    """A process pool of ``n`` workers (default: cores - 1), or inline execution when n == 0."""
+
+    def __init__(self, n: int | None = None):
+        self.n = max(0, usable_cores() - 1) if n is None else int(n)
+        self._pool = None
+        if self.n > 0:
+            self._pool = ProcessPoolExecutor(self.n, mp_context=get_context("spawn"),
+                                             initializer=_init_worker)
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        """Run fn(*args, **kwargs) in a worker (or now, inline) and return a Future."""
+        if self._pool is not None:
+            return self._pool.submit(fn, *args, **kwargs)
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args, **kwargs))
+        except Exception as e:  # the caller sees it from .result(), as with a pool
+            f.set_exception(e)
+        return f
+
+    def close(self) -> None:
+        """Wait for running jobs and stop the workers."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=False)
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
