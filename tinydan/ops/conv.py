@@ -7,16 +7,22 @@ the other, so conv2d's gradient is made of differentiable ops and has a gradient
 
 Max-pooling gathers the arg-max of each window (``take_rows``); its adjoint puts a value back at
 the arg-max (``put_rows``). The arg-max itself is a constant mask, as for relu.
+
+For the convolutional DANs (thousands of 10x10 images per call) there is a second, faster layout:
+channels-last rows (N, H, W*C) with *banded* weights (``conv2d_rows``), separable stride-1
+max-pooling (``max_pool_rows``) and ``checkpoint_rows``, which runs a row-wise function in
+cache-sized chunks and recomputes it in the backward instead of storing its intermediates.
 """
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..tensor import Op, Tensor, apply
+from ..autograd import enable_grad, grad, no_grad
+from ..tensor import Op, Tensor, apply, is_grad_enabled, wrap
 from .elementwise import _pair, add
-from .linalg import matmul
-from .shape import pad, reshape, transpose
+from .linalg import linear, matmul
+from .shape import broadcast_to, concatenate, getitem, pad, reshape, transpose
 
 
 def _out_size(n, k, stride):
@@ -24,27 +30,49 @@ def _out_size(n, k, stride):
 
 
 # ---------------------------------------------------------------------------- NumPy kernels
-def im2col_array(x: np.ndarray, kh: int, kw: int, stride: int = 1) -> np.ndarray:
-    """(N, C, H, W) -> (N*OH*OW, C*kh*kw): row (n, oh, ow) holds the window at (oh*s, ow*s)."""
+def _pair_stride(stride) -> tuple[int, int]:
+    """``s`` or ``(sh, sw)`` -> (sh, sw)."""
+    if isinstance(stride, (tuple, list)):
+        sh, sw = stride
+    else:
+        sh = sw = stride
+    sh, sw = int(sh), int(sw)
+    if sh < 1 or sw < 1:
+        raise ValueError(f"strides must be >= 1, got {stride}")
+    return sh, sw
+
+
+def im2col_array(x: np.ndarray, kh: int, kw: int, stride=1) -> np.ndarray:
+    """(N, C, H, W) -> (N*OH*OW, C*kh*kw): row (n, oh, ow) holds the window at (oh*sh, ow*sw).
+
+    ``stride`` is one number or a pair (sh, sw)."""
     # BEGIN SOLUTION
+    sh, sw = _pair_stride(stride)
     n, c, h, w = x.shape
-    oh, ow = _out_size(h, kh, stride), _out_size(w, kw, stride)
+    oh, ow = _out_size(h, kh, sh), _out_size(w, kw, sw)
     win = sliding_window_view(x, (kh, kw), axis=(2, 3))        # (N, C, H-kh+1, W-kw+1, kh, kw)
-    win = win[:, :, ::stride, ::stride][:, :, :oh, :ow]         # (N, C, OH, OW, kh, kw)
+    win = win[:, :, ::sh, ::sw][:, :, :oh, :ow]                 # (N, C, OH, OW, kh, kw)
     return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kh * kw)   # copies once
     # END SOLUTION
 
 
-def col2im_array(cols: np.ndarray, x_shape, kh: int, kw: int, stride: int = 1) -> np.ndarray:
+def col2im_array(cols: np.ndarray, x_shape, kh: int, kw: int, stride=1) -> np.ndarray:
     """Adjoint of im2col: (N*OH*OW, C*kh*kw) -> (N, C, H, W), overlapping windows add up."""
     # BEGIN SOLUTION
+    sh, sw = _pair_stride(stride)
     n, c, h, w = x_shape
-    oh, ow = _out_size(h, kh, stride), _out_size(w, kw, stride)
-    cols6 = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)   # (N, C, kh, kw, OH, OW)
+    oh, ow = _out_size(h, kh, sh), _out_size(w, kw, sw)
     out = np.zeros(x_shape, dtype=cols.dtype)
-    for i in range(kh):                       # kh*kw vectorized adds, one per kernel offset
-        for j in range(kw):
-            out[:, :, i:i + stride * oh:stride, j:j + stride * ow:stride] += cols6[:, :, i, j]
+    if kh * kw <= oh * ow:                    # one vectorized add per kernel offset
+        cols6 = cols.reshape(n, oh, ow, c, kh, kw).transpose(0, 3, 4, 5, 1, 2)  # (N, C, kh, kw, OH, OW)
+        for i in range(kh):
+            for j in range(kw):
+                out[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols6[:, :, i, j]
+    else:                                     # wide windows (row strips): one add per window
+        cols6 = cols.reshape(n, oh, ow, c, kh, kw)                               # (N, OH, OW, C, kh, kw)
+        for a in range(oh):
+            for b in range(ow):
+                out[:, :, a * sh:a * sh + kh, b * sw:b * sw + kw] += cols6[:, a, b]
     return out
     # END SOLUTION
 
@@ -73,17 +101,19 @@ class Col2Im(Op):
         return (im2col(g, kh, kw, stride),)
 
 
-def im2col(x: Tensor, kh: int, kw: int, stride: int = 1) -> Tensor:
-    """Windows as rows: (N, C, H, W) -> (N*OH*OW, C*kh*kw)."""
+def im2col(x: Tensor, kh: int, kw: int, stride=1) -> Tensor:
+    """Windows as rows: (N, C, H, W) -> (N*OH*OW, C*kh*kw); ``stride`` is s or (sh, sw)."""
     if x.ndim != 4:
         raise ValueError(f"im2col expects (N, C, H, W), got shape {x.shape}")
     if x.shape[2] < kh or x.shape[3] < kw:
         raise ValueError(f"a {kh}x{kw} window does not fit in a {x.shape[2]}x{x.shape[3]} image")
+    stride = _pair_stride(stride)
     return apply(Im2Col, x, kh=kh, kw=kw, stride=stride)
 
 
-def col2im(cols: Tensor, x_shape, kh: int, kw: int, stride: int = 1) -> Tensor:
+def col2im(cols: Tensor, x_shape, kh: int, kw: int, stride=1) -> Tensor:
     """Rows back into windows, adding overlaps: (N*OH*OW, C*kh*kw) -> x_shape = (N, C, H, W)."""
+    stride = _pair_stride(stride)
     return apply(Col2Im, cols, x_shape=tuple(x_shape), kh=kh, kw=kw, stride=stride)
 
 
@@ -164,3 +194,232 @@ def max_pool2d(x: Tensor, kernel_size: int, stride: int | None = None) -> Tensor
     idx = np.argmax(cols.data, axis=1)                                # constant mask
     return reshape(take_rows(cols, idx), (n, c, oh, ow))
     # END SOLUTION
+
+
+# ---------------------------------------------------------------------------- channels-last rows
+# A convolutional DAN sees thousands of tiny images at once (one per neuron and row of the batch).
+# For such batches two things matter more than the op count: the matrix products must not be
+# skinny (im2col's (N*OH*OW, C*kh*kw) @ (C*kh*kw, F) has F = 4 columns: BLAS crawls), and the
+# arrays must stay small enough for the cache. The first is solved by *banded weights*: store each
+# image channels-last as rows, (N, H, W*C), and let one matrix row hold a strip of kh image rows
+# and ``block + kw - 1`` pixels; a banded matrix T maps it to ``block`` output pixels with all F
+# channels at once. With block = 1 this is plain im2col (in channels-last order); larger blocks
+# trade a few multiplications by zero for a matrix product BLAS runs well. The second is solved by
+# ``checkpoint_rows``: run a row-wise function chunk by chunk and recompute it in the backward.
+
+def _band_selection(f: int, c: int, kh: int, kw: int, block: int) -> np.ndarray:
+    """0/1 matrix S with T.flat = w.flat @ S: (F*C*kh*kw, kh*L*C * block*F), L = block + kw - 1.
+
+    T[(dy, x, ci), (xo, fo)] = w[fo, ci, dy, x - xo] where 0 <= x - xo < kw, else 0.
+    """
+    L = block + kw - 1
+    dy, x, ci, xo, fo = np.meshgrid(np.arange(kh), np.arange(L), np.arange(c), np.arange(block),
+                                    np.arange(f), indexing="ij")
+    dx = x - xo
+    ok = (dx >= 0) & (dx < kw)
+    rows = ((dy * L + x) * c + ci) * (block * f) + xo * f + fo     # flat index into T
+    src = ((fo * c + ci) * kh + dy) * kw + np.clip(dx, 0, kw - 1)  # flat index into w
+    S = np.zeros((f * c * kh * kw, kh * L * c * block * f))
+    S[src[ok], rows[ok]] = 1.0
+    return S
+
+
+_BANDS: dict = {}
+
+
+def banded_weight(weight: Tensor, block: int) -> Tensor:
+    """Conv weight (F, C, kh, kw) -> banded matrix (kh*(block+kw-1)*C, block*F) (differentiable).
+
+    Row (dy, x, c) of a strip times column (xo, f) is w[f, c, dy, x - xo] inside the band, 0 outside.
+    """
+    f, c, kh, kw = weight.shape
+    key = (f, c, kh, kw, int(block), weight.dtype)
+    if key not in _BANDS:
+        _BANDS[key] = _band_selection(f, c, kh, kw, int(block)).astype(weight.dtype)
+    L = block + kw - 1
+    flat = matmul(reshape(weight, (1, f * c * kh * kw)), wrap(_BANDS[key]))   # (1, K*block*F)
+    return reshape(flat, (kh * L * c, block * f))
+
+
+def conv_rows_banded(x: Tensor, band: Tensor, bias_row: Tensor | None, kh: int, kw: int,
+                     channels: int, block: int) -> Tensor:
+    """Channels-last convolution with a banded weight (stride 1, no padding).
+
+    x (N, H, W*C) -> (N, OH, OW*F); ``band`` from ``banded_weight(w, block)``, ``bias_row`` the
+    bias repeated ``block`` times, (block*F,).
+    """
+    n, h, wc = x.shape
+    w = wc // channels
+    ow, oh = w - kw + 1, h - kh + 1
+    if ow % block:
+        raise ValueError(f"block {block} must divide the output width {ow}")
+    win = (block + kw - 1) * channels
+    cols = im2col(reshape(x, (n, 1, h, wc)), kh, win, stride=(1, block * channels))  # (N*OH*OW/block, kh*win)
+    out = matmul(cols, band) if bias_row is None else linear(cols, band, bias_row)  # (N*OH*OW/block, block*F)
+    return reshape(out, (n, oh, -1))                                                 # (N, OH, OW*F)
+
+
+def conv2d_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None, block: int | None = None) -> Tensor:
+    """conv2d (stride 1, no padding) on channels-last rows: x (N, H, W*C) -> (N, OH, OW*F).
+
+    The same numbers as ``conv2d`` on (N, C, H, W), laid out as out[n, oh, ow*F + f]. ``block``
+    output pixels per matrix row (default: a whole output row).
+    """
+    f, c, kh, kw = weight.shape
+    if x.ndim != 3 or x.shape[2] % c:
+        raise ValueError(f"conv2d_rows expects x (N, H, W*{c}), got shape {x.shape}")
+    ow = x.shape[2] // c - kw + 1
+    block = ow if block is None else int(block)
+    bias_row = None if bias is None else reshape(broadcast_to(bias, (block, f)), (block * f,))
+    return conv_rows_banded(x, banded_weight(weight, block), bias_row, kh, kw, c, block)
+
+
+def _shift_slice(ndim: int, axis: int, start: int, length: int) -> tuple:
+    idx = [slice(None)] * ndim
+    idx[axis] = slice(start, start + length)
+    return tuple(idx)
+
+
+class ShiftTake(Op):
+    @staticmethod
+    def forward(ctx, a, idx, axis, k, step):
+        # out[.., o, ..] = a[.., o + idx[.., o, ..] * step, ..] along ``axis``
+        ctx.saved = (idx, axis, k, step)
+        n_out = a.shape[axis] - (k - 1) * step
+        out = a[_shift_slice(a.ndim, axis, 0, n_out)].copy()
+        for d in range(1, k):
+            np.copyto(out, a[_shift_slice(a.ndim, axis, d * step, n_out)], where=idx == d)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        idx, axis, k, step = ctx.saved
+        return (shift_put(g, idx, axis, k, step, ctx.inputs[0].shape[axis]),)
+
+
+class ShiftPut(Op):
+    @staticmethod
+    def forward(ctx, g, idx, axis, k, step, length):
+        # adjoint of ShiftTake: out[.., o + idx * step, ..] += g[.., o, ..]
+        ctx.saved = (idx, axis, k, step)
+        shape = list(g.shape)
+        shape[axis] = length
+        out = np.zeros(shape, dtype=g.dtype)
+        n_out = g.shape[axis]
+        for d in range(k):
+            out[_shift_slice(g.ndim, axis, d * step, n_out)] += np.where(idx == d, g, 0)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        idx, axis, k, step = ctx.saved
+        return (shift_take(g, idx, axis, k, step),)
+
+
+def shift_take(a: Tensor, idx: np.ndarray, axis: int, k: int, step: int) -> Tensor:
+    """out[.., o, ..] = a[.., o + idx[.., o, ..] * step, ..]: pick one of k shifted copies per entry."""
+    return apply(ShiftTake, a, idx=idx, axis=axis, k=k, step=step)
+
+
+def shift_put(g: Tensor, idx: np.ndarray, axis: int, k: int, step: int, length: int) -> Tensor:
+    """Adjoint of shift_take: scatter-add g back to where each entry was taken from."""
+    return apply(ShiftPut, g, idx=idx, axis=axis, k=k, step=step, length=length)
+
+
+def _window_argmax(a: np.ndarray, axis: int, k: int, step: int) -> np.ndarray:
+    """For each output o along ``axis``, which d < k maximises a[o + d*step] (first on ties); uint8."""
+    n_out = a.shape[axis] - (k - 1) * step
+    best = a[_shift_slice(a.ndim, axis, 0, n_out)].copy()
+    idx = np.zeros(best.shape, dtype=np.uint8)
+    for d in range(1, k):
+        cand = a[_shift_slice(a.ndim, axis, d * step, n_out)]
+        better = cand > best
+        np.copyto(best, cand, where=better)
+        idx[better] = d
+    return idx
+
+
+def max_pool_rows(x: Tensor, k: int, channels: int) -> Tensor:
+    """k x k max-pool, stride 1, on channels-last rows: (N, H, W*C) -> (N, H-k+1, (W-k+1)*C).
+
+    Separable: the max over k rows, then over k pixels (k shifted copies each, not k*k); the
+    gradient goes to the arg-max, a constant mask as in ``max_pool2d``.
+    """
+    if x.ndim != 3 or x.shape[2] % channels:
+        raise ValueError(f"max_pool_rows expects x (N, H, W*{channels}), got shape {x.shape}")
+    idx = _window_argmax(x.data, 1, k, 1)
+    rows = shift_take(x, idx, 1, k, 1)                                   # (N, OH, W*C)
+    idx = _window_argmax(rows.data, 2, k, channels)
+    return shift_take(rows, idx, 2, k, channels)                         # (N, OH, OW*C)
+
+
+# ---------------------------------------------------------------------------- checkpointing
+class CheckpointRows(Op):
+    @staticmethod
+    def forward(ctx, x, *params, fn, chunk):
+        # fn chunk by chunk, recording nothing: only the inputs stay alive for the backward
+        ctx.saved = (fn, chunk)
+        with no_grad():
+            ps = [wrap(p) for p in params]
+            outs = [fn(wrap(x[i:i + chunk]), ps).data for i in range(0, x.shape[0], chunk)]
+        return outs[0] if len(outs) == 1 else np.concatenate(outs)
+
+    @staticmethod
+    def backward(ctx, g):
+        fn, chunk = ctx.saved
+        x, *params = ctx.inputs
+        need_x, *need_p = ctx.needs_input_grad
+        n = x.shape[0]
+        if is_grad_enabled():
+            # create_graph: recompute with recording on, so the gradient has a graph of its own
+            gx_parts, gp = [], [None] * len(params)
+            for i in range(0, n, chunk):
+                xc = getitem(x, slice(i, i + chunk))
+                wanted = ([xc] if need_x else []) + [p for p, nd in zip(params, need_p) if nd]
+                grads = list(grad(fn(xc, params), wanted, getitem(g, slice(i, i + chunk)),
+                                  create_graph=True, allow_unused=True))
+                if need_x:
+                    gxc = grads.pop(0)
+                    gx_parts.append(gxc if gxc is not None else wrap(np.zeros(xc.shape, x.dtype)))
+                for j, nd in enumerate(need_p):
+                    if nd:
+                        gj = grads.pop(0)
+                        if gj is not None:
+                            gp[j] = gj if gp[j] is None else add(gp[j], gj)
+            gx = (gx_parts[0] if len(gx_parts) == 1 else concatenate(gx_parts)) if need_x else None
+            return (gx, *gp)
+        # plain backward: recompute one chunk at a time on fresh leaves, keep only the gradients
+        gx = np.empty(x.shape, x.dtype) if need_x else None
+        gp = [np.zeros(p.shape, p.dtype) if nd else None for p, nd in zip(params, need_p)]
+        ps = [Tensor(p.data, requires_grad=nd) for p, nd in zip(params, need_p)]
+        wanted_p = [p for p, nd in zip(ps, need_p) if nd]
+        for i in range(0, n, chunk):
+            xc = Tensor(x.data[i:i + chunk], requires_grad=need_x)
+            with enable_grad():
+                out = fn(xc, ps)
+            grads = list(grad(out, ([xc] if need_x else []) + wanted_p, wrap(g.data[i:i + chunk]),
+                              allow_unused=True))
+            if need_x:
+                gxc = grads.pop(0)
+                gx[i:i + chunk] = 0 if gxc is None else gxc.data
+            for j, nd in enumerate(need_p):
+                if nd:
+                    gj = grads.pop(0)
+                    if gj is not None:
+                        gp[j] += gj.data
+        return (None if gx is None else wrap(gx), *(None if a is None else wrap(a) for a in gp))
+
+
+def checkpoint_rows(fn, x: Tensor, params, chunk: int) -> Tensor:
+    """fn(x, params) for a row-wise fn, computed ``chunk`` rows at a time, storing no intermediates.
+
+    ``fn(x_rows, params) -> out_rows`` must treat every row of x on its own (a layer of DANs does).
+    The forward keeps only x and the params; the backward recomputes each chunk and backpropagates
+    through it (gradient checkpointing), so memory stays at one chunk's intermediates and the
+    arrays stay small enough for the cache. With create_graph the recomputation is recorded, so
+    gradients of gradients work as for the plain composition.
+    """
+    if x.shape[0] == 0:
+        raise ValueError("checkpoint_rows needs at least one row")
+    params = list(params)
+    return apply(CheckpointRows, x, *params, fn=fn, chunk=max(1, int(chunk)))

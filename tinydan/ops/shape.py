@@ -68,7 +68,11 @@ def _sum_axes(shape_from, shape_to):
 class SumTo(Op):
     @staticmethod
     def forward(ctx, a, shape):
-        return np.asarray(a.sum(axis=_sum_axes(a.shape, shape), keepdims=True)).reshape(shape)
+        lead = a.ndim - len(shape)
+        axes = _sum_axes(a.shape, shape)
+        if len(axes) == lead:                       # only leading axes: no keepdims round trip
+            return np.asarray(a.sum(axis=axes))
+        return np.asarray(a.sum(axis=axes, keepdims=True)).reshape(shape)
 
     @staticmethod
     def backward(ctx, g):
