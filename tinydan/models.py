@@ -42,12 +42,16 @@ class RegressionConfig:
     val_functions: int = 20
     eval_functions: int = 50
     joint_epochs: int = 300
+    init: str = "glorot"               # phi and theta_0: "glorot" (+ LeCun-normal synapses) or
+                                       # "fan_in_uniform" (PyTorch's nn.Linear default for both)
 
     def __post_init__(self):
         if self.sharing not in SHARINGS:
             raise ValueError(f"sharing must be one of {SHARINGS}, got {self.sharing!r}")
         if self.output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        if self.init not in ("glorot", "fan_in_uniform"):
+            raise ValueError(f"init must be 'glorot' or 'fan_in_uniform', got {self.init!r}")
         if self.meta_grad not in ("first_order", "one_step"):
             raise ValueError(f"meta_grad must be 'first_order' or 'one_step', got {self.meta_grad!r}")
         for name in ("inner_lr", "meta_lr"):
@@ -110,12 +114,13 @@ def build_regression_net(cfg: RegressionConfig, rng: np.random.Generator | None 
 
     def make_dan(n_neurons=None):
         return MLPDAN(cfg.n_channels, cfg.dan_hidden, "tanh", n_neurons=n_neurons, rng=rng,
-                      dtype=dtype)
+                      dtype=dtype, init=cfg.init)
 
     linear = cfg.output == "linear"
     return DANNetwork(cfg.nodes, cfg.n_channels, make_dan, sharing=sharing or cfg.sharing,
                       skips=cfg.skips, final_activation=not linear,
-                      output_scale=None if linear else cfg.output_scale)
+                      output_scale=None if linear else cfg.output_scale,
+                      synapse_init="lecun" if cfg.init == "glorot" else "fan_in_uniform")
 
 
 class PlainMLP:

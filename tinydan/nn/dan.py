@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import ops
 from ..tensor import Tensor
-from .init import glorot_uniform, lecun_normal
+from .init import INITS, fan_in_uniform, glorot_uniform, lecun_normal
 from .module import Module, ModuleList, Parameter
 
 __all__ = ["MLPDAN", "ConvDAN", "InputConvDAN", "DANNetwork", "SHARINGS", "vec"]
@@ -60,7 +60,7 @@ class MLPDAN(Module):
 
     def __init__(self, n_channels: int, hidden: Sequence[int] = (15, 8), activation: str = "tanh",
                  n_neurons: int | None = None, rng: np.random.Generator | None = None,
-                 dtype=np.float32):
+                 dtype=np.float32, init: str = "glorot"):
         super().__init__()
         rng = np.random.default_rng(0) if rng is None else rng
         self.n_channels = int(n_channels)
@@ -70,10 +70,16 @@ class MLPDAN(Module):
         self.n_neurons = n_neurons
         self.n_layers = len(self.sizes) - 1
         lead = () if n_neurons is None else (int(n_neurons),)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         for i, (a, b) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
-            setattr(self, f"w{i}", Parameter(glorot_uniform(rng, lead + (a, b), a, b, dtype)))
             bshape = (b,) if n_neurons is None else lead + (1, b)
-            setattr(self, f"b{i}", Parameter(np.zeros(bshape, dtype=dtype)))
+            if init == "glorot":        # Glorot-uniform weights, zero biases
+                w, bias = glorot_uniform(rng, lead + (a, b), a, b, dtype), np.zeros(bshape, dtype)
+            else:                       # U(+-1/sqrt(fan_in)) for both, as PyTorch's nn.Linear
+                w, bias = fan_in_uniform(rng, lead + (a, b), a, dtype), fan_in_uniform(rng, bshape, a, dtype)
+            setattr(self, f"w{i}", Parameter(w))
+            setattr(self, f"b{i}", Parameter(bias))
 
     def forward(self, z: Tensor, final_activation: bool = True) -> Tensor:
         """z: (R, n, C) inputs of n DANs for R rows -> (R, n) DAN outputs."""
@@ -100,11 +106,20 @@ class MLPDAN(Module):
 class ConvDAN(Module):
     """A convolutional DAN (SPEC section 4): the C inputs as a sqrt(C) x sqrt(C) image,
     conv(1->c1, k) + leaky ReLU, conv(c1->c2, k) + leaky ReLU, max-pool(pool, stride 1),
-    fc -> hidden + leaky ReLU, fc -> 1 (linear)."""
+    fc -> hidden + leaky ReLU, fc -> 1 (linear).
+
+    phi is stored as in the usual channels-first model (conv weights (F, C, kh, kw); ``fc0_w`` rows
+    in (channel, row, column) order), and ``reference_forward`` computes the DAN that way with
+    ``conv2d``/``max_pool2d``. ``forward`` computes the same numbers faster (tests check it):
+    channels-last rows with banded weights (``ops.conv.conv2d_rows``), separable max-pooling, and
+    the whole DAN run ``chunk`` neurons at a time with recomputation in the backward
+    (``ops.conv.checkpoint_rows``), so a layer of 100,000 DANs stores nothing but its input.
+    """
 
     def __init__(self, n_channels: int = 100, convs: Sequence[tuple[int, int]] = ((8, 2), (4, 2)),
                  pool: int = 3, fc_hidden: int = 30, slope: float = 0.01,
-                 rng: np.random.Generator | None = None, dtype=np.float32):
+                 rng: np.random.Generator | None = None, dtype=np.float32,
+                 chunk: int | None = None):
         super().__init__()
         rng = np.random.default_rng(0) if rng is None else rng
         side = math.isqrt(int(n_channels))
@@ -113,26 +128,74 @@ class ConvDAN(Module):
         self.n_channels, self.side, self.slope, self.pool = int(n_channels), side, float(slope), pool
         c_in, s = 1, side
         self.n_convs = len(convs)
+        self.conv_shapes = []                                      # (c_in, c_out, k, in_side)
         for i, (c_out, k) in enumerate(convs):
             fan_in = c_in * k * k
             setattr(self, f"conv{i}_w", Parameter(glorot_uniform(rng, (c_out, c_in, k, k), fan_in,
                                                                  c_out * k * k, dtype)))
             setattr(self, f"conv{i}_b", Parameter(np.zeros(c_out, dtype=dtype)))
+            self.conv_shapes.append((c_in, c_out, k, s))
             c_in, s = c_out, s - k + 1
+            if s < 1:
+                raise ValueError(f"a {side}x{side} DAN input is too small for convs {convs}")
+        self.c_last, self.conv_side = c_in, s
         s = s - pool + 1
         if s < 1:
             raise ValueError(f"a {side}x{side} DAN input is too small for convs {convs} and pool {pool}")
+        self.pool_side = s
         self.flat = c_in * s * s
         self.fc0_w = Parameter(glorot_uniform(rng, (self.flat, fc_hidden), self.flat, fc_hidden, dtype))
         self.fc0_b = Parameter(np.zeros(fc_hidden, dtype=dtype))
         self.fc1_w = Parameter(glorot_uniform(rng, (fc_hidden, 1), fc_hidden, 1, dtype))
         self.fc1_b = Parameter(np.zeros(1, dtype=dtype))
+        # output pixels per banded-matrix row: about 4 keeps the band dense enough, the product wide
+        self.blocks = [max(b for b in range(1, min(4, side_in - k + 1) + 1) if (side_in - k + 1) % b == 0)
+                       if c_in > 1 else side_in - k + 1
+                       for c_in, _, k, side_in in self.conv_shapes]
+        # floats of intermediates per neuron, to size chunks at about 2 MB
+        per_row = sum(c_o * (s_in - k + 1) ** 2 * 2 + k * (s_in + 2) * c_i * (s_in - k + 1)
+                      for c_i, c_o, k, s_in in self.conv_shapes) + 2 * self.flat + 2 * fc_hidden
+        self.chunk = int(chunk) if chunk is not None else max(64, (1 << 19) // per_row)
+
+    def _row_params(self) -> list[Tensor]:
+        """phi in the form the channels-last rows kernels use (recorded ops: gradients reach phi)."""
+        params = []
+        for i, (c_in, c_out, k, _) in enumerate(self.conv_shapes):
+            block = self.blocks[i]
+            params.append(ops.conv.banded_weight(getattr(self, f"conv{i}_w"), block))
+            params.append(ops.reshape(ops.broadcast_to(getattr(self, f"conv{i}_b"), (block, c_out)),
+                                      (block * c_out,)))
+        s, c = self.pool_side, self.c_last          # fc0 rows (c, y, x) -> channels-last (y, x, c)
+        w0 = ops.transpose(ops.reshape(self.fc0_w, (c, s, s, -1)), (1, 2, 0, 3))
+        params += [ops.reshape(w0, (self.flat, -1)), self.fc0_b, self.fc1_w, self.fc1_b]
+        return params
+
+    def _rows(self, x: Tensor, params: list) -> Tensor:
+        """The DAN on rows: x (rows, C) -> (rows,), channels-last all the way."""
+        rows = x.shape[0]
+        h = ops.reshape(x, (rows, self.side, self.side))            # (rows, s, s*1)
+        for i, (c_in, c_out, k, _) in enumerate(self.conv_shapes):
+            h = ops.conv.conv_rows_banded(h, params[2 * i], params[2 * i + 1], k, k, c_in, self.blocks[i])
+            h = ops.leaky_relu(h, self.slope)                       # (rows, s', s'*c_out)
+        h = ops.conv.max_pool_rows(h, self.pool, self.c_last)            # (rows, p, p*c_last)
+        h = ops.reshape(h, (rows, self.flat))
+        w0, b0, w1, b1 = params[2 * self.n_convs:]
+        h = ops.leaky_relu(ops.linear(h, w0, b0), self.slope)
+        return ops.reshape(ops.linear(h, w1, b1), (rows,))         # linear output
 
     def forward(self, z: Tensor, final_activation: bool = False) -> Tensor:
         """z: (R, n, C) -> (R, n); every neuron's C inputs become one small image of the batch."""
         R, n, C = z.shape
         if C != self.n_channels:
             raise ValueError(f"DAN expects {self.n_channels} channels per neuron, got input {z.shape}")
+        h = ops.conv.checkpoint_rows(self._rows, ops.reshape(z, (R * n, C)), self._row_params(), self.chunk)
+        if final_activation:
+            h = ops.leaky_relu(h, self.slope)
+        return ops.reshape(h, (R, n))
+
+    def reference_forward(self, z: Tensor, final_activation: bool = False) -> Tensor:
+        """The same DAN with conv2d / max_pool2d on (R*n, 1, s, s) images: the definition."""
+        R, n, C = z.shape
         h = ops.reshape(z, (R * n, 1, self.side, self.side))        # (R*n, 1, s, s)
         for i in range(self.n_convs):
             h = ops.leaky_relu(ops.conv2d(h, getattr(self, f"conv{i}_w"), getattr(self, f"conv{i}_b")),
@@ -184,6 +247,8 @@ class DANNetwork(Module):
                  sharing: str = "global", skips: Sequence[tuple[int, int]] = (),
                  final_activation: bool = True, output_scale: float | None = None,
                  input_layer: Module | None = None, synapse_init: str = "lecun"):
+        """``synapse_init``: "lecun" (weights N(0, 1/fan_in), zero biases) or "fan_in_uniform"
+        (weights and biases U(+-1/sqrt(fan_in)), PyTorch's nn.Linear default)."""
         super().__init__()
         if sharing not in SHARINGS:
             raise ValueError(f"sharing must be one of {SHARINGS}, got {sharing!r}")
@@ -198,6 +263,8 @@ class DANNetwork(Module):
                 raise ValueError(f"skip ({j}, {k}) must jump over at least one layer of {self.nodes}")
         self.final_activation = bool(final_activation)
         self.output_scale = output_scale
+        if synapse_init not in ("lecun", "fan_in_uniform"):
+            raise ValueError(f"synapse_init must be 'lecun' or 'fan_in_uniform', got {synapse_init!r}")
         self.synapse_init = synapse_init
         if input_layer is not None:
             self.input_layer = input_layer
@@ -225,7 +292,7 @@ class DANNetwork(Module):
 
     def init_synapses(self, population: int, rng: np.random.Generator, dtype=np.float32,
                       same: bool = True) -> dict[str, np.ndarray]:
-        """theta_0 for P members: weights ~ N(0, 1/fan_in) (fan_in counts skip inputs too), biases 0.
+        """theta_0 for P members, by ``synapse_init`` (fan_in counts the skip inputs too).
 
         With ``same=True`` every member starts from the same theta_0 (Algorithm 1, line 2).
         """
@@ -235,11 +302,13 @@ class DANNetwork(Module):
         n = 1 if same else population
         theta = {}
         for name, shape in self.synapse_shapes().items():
-            if name.endswith("bias"):
+            target = int(name.split("_")[-1].split(".")[0]) if name.startswith("skip") \
+                else int(name[3:].split(".")[0]) + 1
+            if self.synapse_init == "fan_in_uniform":
+                w = fan_in_uniform(rng, (n,) + shape, fan[target], dtype)
+            elif name.endswith("bias"):
                 w = np.zeros((n,) + shape, dtype=dtype)
             else:
-                target = int(name.split("_")[-1].split(".")[0]) if name.startswith("skip") \
-                    else int(name[3:].split(".")[0]) + 1
                 w = lecun_normal(rng, (n,) + shape, fan[target], dtype)
             theta[name] = np.repeat(w, population, axis=0) if same else w
         return theta

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["glorot_uniform", "lecun_normal", "zeros"]
+__all__ = ["glorot_uniform", "lecun_normal", "fan_in_uniform", "zeros", "INITS"]
+
+INITS = ("glorot", "fan_in_uniform")
 
 
 def glorot_uniform(rng: np.random.Generator, shape, fan_in: int, fan_out: int, dtype=np.float32):
@@ -20,3 +22,9 @@ def lecun_normal(rng: np.random.Generator, shape, fan_in: int, dtype=np.float32)
 def zeros(shape, dtype=np.float32):
     """All zeros."""
     return np.zeros(shape, dtype=dtype)
+
+
+def fan_in_uniform(rng: np.random.Generator, shape, fan_in: int, dtype=np.float32):
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for weights and biases alike (PyTorch's nn.Linear default)."""
+    a = 1.0 / np.sqrt(max(fan_in, 1))
+    return rng.uniform(-a, a, size=shape).astype(dtype)
