@@ -4,13 +4,17 @@ Meta-training is one sequential chain of steps, but deploying a phi snapshot on 
 functions, or deploying a baseline, does not depend on it. ``Workers`` runs such jobs in a process
 pool when there is more than one core, and inline otherwise, with the same interface:
 ``submit(fn, *args)`` returns an object with ``.result()`` and ``.done()``. Jobs must be
-module-level functions with picklable arguments (the pool uses the ``spawn`` start method, which is
-safe with BLAS threads).
+module-level functions with picklable arguments. On Linux the pool forks (no re-import of the
+caller's script, so scripts without an ``if __name__ == "__main__":`` guard work too); elsewhere it
+spawns. If the pool cannot start or breaks, jobs run inline with a warning: never a lost run.
 """
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 __all__ = ["Workers", "usable_cores"]
@@ -37,13 +41,19 @@ class Workers:
         self.n = max(0, usable_cores() - 1) if n is None else int(n)
         self._pool = None
         if self.n > 0:
-            self._pool = ProcessPoolExecutor(self.n, mp_context=get_context("spawn"),
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            self._pool = ProcessPoolExecutor(self.n, mp_context=get_context(method),
                                              initializer=_init_worker)
 
     def submit(self, fn, *args, **kwargs) -> Future:
         """Run fn(*args, **kwargs) in a worker (or now, inline) and return a Future."""
         if self._pool is not None:
-            return self._pool.submit(fn, *args, **kwargs)
+            try:
+                return self._pool.submit(fn, *args, **kwargs)
+            except (BrokenProcessPool, RuntimeError, OSError) as e:
+                warnings.warn(f"worker process unavailable ({e}); running jobs inline", RuntimeWarning)
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
         f: Future = Future()
         try:
             f.set_result(fn(*args, **kwargs))

@@ -1,0 +1,31 @@
+"""Workers: jobs on the second core, the same answers as inline, safe from an unguarded script."""
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tinydan.parallel import Workers
+
+pytestmark = pytest.mark.meta
+
+
+def _fail():
+    raise ValueError("job failed on purpose")
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_workers_return_results_and_raise_job_errors(n):
+    with Workers(n) as w:
+        assert w.submit(math.sqrt, 9.0).result() == 3.0
+        with pytest.raises(ValueError, match="on purpose"):
+            w.submit(_fail).result()
+
+
+def test_a_script_without_a_main_guard_can_use_workers(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text("import math\nfrom tinydan.parallel import Workers\n"
+                      "with Workers(1) as w:\n    print(w.submit(math.sqrt, 16.0).result())\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "4.0"
