@@ -46,22 +46,28 @@ def enable_grad():
 
 
 def toposort(roots: Iterable[Tensor]) -> list[Tensor]:
-    """Tensors that require grad and lead to ``roots``, inputs before the ops that use them."""
+    """Tensors that require grad and lead to ``roots``, inputs before the ops that use them.
+
+    Depth-first with an explicit stack (no recursion): a Tensor is appended once all of its inputs
+    are, the second time it is seen on top of the stack.
+    """
     order: list[Tensor] = []
-    visited: set[int] = set()
-    stack = [(r, False) for r in roots if r.requires_grad]
+    seen: set[int] = set()        # pushed its inputs
+    done: set[int] = set()        # appended to order
+    stack = [r for r in roots if r.requires_grad]
     while stack:
-        t, expanded = stack.pop()
-        if expanded:
-            order.append(t)
+        t = stack[-1]
+        key = id(t)
+        if key in seen:
+            stack.pop()
+            if key not in done:
+                done.add(key)
+                order.append(t)
             continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
+        seen.add(key)
         for x in t._inputs:
-            if x.requires_grad and id(x) not in visited:
-                stack.append((x, False))
+            if x.requires_grad and id(x) not in seen:
+                stack.append(x)
     return order
 
 

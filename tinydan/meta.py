@@ -69,8 +69,11 @@ def inner_step(net: DANNetwork, theta: dict, x, y, lr: float, create_graph: bool
     if create_graph:           # theta' stays a function of phi (through the gradient)
         new = {k: ops.sub(theta[k], ops.mul(g, lr)) for k, g in zip(names, grads)}
     else:                      # plain numbers: new leaves
-        new = {k: Tensor(theta[k].data - lr * g.data, requires_grad=True)
-               for k, g in zip(names, grads)}
+        new = {}
+        for k, g in zip(names, grads):
+            t = wrap(theta[k].data - lr * g.data)
+            t.requires_grad = True
+            new[k] = t
     return new, loss
     # END SOLUTION
 
