@@ -96,3 +96,13 @@ def test_conv_errors_are_clear():
         td.conv2d(td.tensor(np.ones((1, 2, 10, 10))), td.tensor(np.ones((8, 1, 2, 2))))
     with pytest.raises(ValueError, match="does not fit"):
         td.im2col(td.tensor(np.ones((1, 1, 2, 2))), 3, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv_and_pool_keep_the_dtype(dtype):
+    x = td.tensor(rng.standard_normal((2, 1, 5, 5)), dtype=dtype, requires_grad=True)
+    w = td.tensor(rng.standard_normal((3, 1, 2, 2)), dtype=dtype, requires_grad=True)
+    y = td.max_pool2d(td.conv2d(x, w, padding=1), 2, 1)
+    assert y.dtype == dtype
+    gx, gw = td.grad(y.sum(), [x, w])
+    assert gx.dtype == dtype and gw.dtype == dtype

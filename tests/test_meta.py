@@ -7,7 +7,7 @@ from tinydan.meta import MetaTrainer, inner_step, meta_step
 from tinydan.models import build_regression_net, regression_config
 from tinydan.regression import new_trainer
 
-pytestmark = pytest.mark.meta
+pytestmark = [pytest.mark.meta, pytest.mark.dan]    # Algorithm 1 runs the DAN forward
 
 
 def _setup(M=1, seed=0):

@@ -10,7 +10,7 @@ from tinydan.regression import (SHIPPED_PHENOTYPE, deploy, load_phenotype, main,
                                 new_trainer)
 from tinydan.tasks import EVAL_SEED, VAL_SEED, SineSequence, sample_sines, windows
 
-pytestmark = pytest.mark.regression
+pytestmark = [pytest.mark.regression, pytest.mark.meta, pytest.mark.dan]   # topics it depends on
 
 
 def test_task_stream_follows_the_protocol():
