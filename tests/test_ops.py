@@ -201,3 +201,11 @@ def test_transposed_flag_matmul_second_order(ta, tb):
     check_grad(lambda x, y: td.tanh(_mm(x, y, ta=ta, tb=tb)), a, b, order=2)
     ref = (a.swapaxes(-1, -2) if ta else a) @ (b.T if tb else b)
     assert np.allclose(_mm(td.tensor(a), td.tensor(b), ta=ta, tb=tb).data, ref)
+
+
+def test_mse_backward_is_itself_differentiable_to_second_order():
+    """MSE's backward is one op (MSEGrad); its own gradient and Hessian-vector products must be right."""
+    def grad_of_mse(p, t):
+        w = td.tensor(np.zeros(p.shape), requires_grad=True)      # d/dw at w = 0 is d/dp
+        return td.grad(td.mse_loss(td.tanh(p + w), t * t), w, create_graph=True)
+    check_grad(grad_of_mse, r(3, 2), r(3, 2), order=2)

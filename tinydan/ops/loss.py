@@ -19,10 +19,28 @@ class MSE(Op):
     @staticmethod
     def backward(ctx, g):
         pred, target = ctx.inputs
-        n = max(1, pred.data.size)                              # shapes are equal (checked)
-        d = mul(sub(pred, target), mul(g, 2.0 / n))       # d/dpred mean((p - t)^2) = 2 (p - t) / n
+        d = apply(MSEGrad, pred, target, g)            # d/dpred mean((p - t)^2) = 2 (p - t) / n
         pn, tn = ctx.needs_input_grad
-        return (sum_to(d, pred.shape) if pn else None, sum_to(neg(d), target.shape) if tn else None)
+        return (d if pn else None, neg(d) if tn else None)
+
+
+class MSEGrad(Op):
+    """2 (p - t) g / n: the MSE backward as one op (it runs after every forward)."""
+
+    @staticmethod
+    def forward(ctx, p, t, g):
+        out = p - t
+        out *= g * (2.0 / max(1, p.size))
+        return out
+
+    @staticmethod
+    def backward(ctx, gg):
+        p, t, g = ctx.inputs
+        n_p, n_t, n_g = ctx.needs_input_grad
+        c = 2.0 / max(1, p.data.size)
+        dp = mul(gg, mul(g, c)) if (n_p or n_t) else None          # d/dp = 2 g / n
+        dg = tsum(mul(mul(gg, sub(p, t)), c)) if n_g else None     # g is a scalar
+        return (dp if n_p else None, neg(dp) if n_t else None, dg)
 
 
 def mse_loss(pred, target) -> Tensor:
