@@ -29,3 +29,13 @@ def test_a_script_without_a_main_guard_can_use_workers(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "4.0"
+
+
+def test_set_blas_threads_sets_the_loaded_openblas():
+    import numpy as np  # noqa: F401  (loads OpenBLAS)
+    from tinydan.bench import _openblas_threads_ctypes
+    from tinydan.parallel import set_blas_threads
+    libs = set_blas_threads(1)
+    if not libs:
+        pytest.skip("no OpenBLAS loaded in this process (NumPy built against another BLAS)")
+    assert all(n == 1 for _, n in _openblas_threads_ctypes())

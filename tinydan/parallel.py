@@ -10,6 +10,7 @@ spawns. If the pool cannot start or breaks, jobs run inline with a warning: neve
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import warnings
@@ -17,7 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-__all__ = ["Workers", "usable_cores"]
+__all__ = ["Workers", "usable_cores", "set_blas_threads"]
 
 
 def usable_cores() -> int:
@@ -72,3 +73,33 @@ class Workers:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def set_blas_threads(n: int) -> list[str]:
+    """Set the thread count of every OpenBLAS loaded in this process (Linux); returns the libraries.
+
+    The DAN experiments multiply many small matrices, where BLAS threads cost more than they give
+    (and fight the worker process for the second core), so the CLIs run with one.
+    """
+    os.environ.update({v: str(n) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                           "MKL_NUM_THREADS")})     # for child processes
+    done = []
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({line.split()[-1] for line in f
+                           if "openblas" in line.split()[-1].lower() and ".so" in line.split()[-1]})
+    except OSError:
+        return done
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in ("openblas_set_num_threads", "openblas_set_num_threads64_",
+                    "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
+            fn = getattr(lib, sym, None)
+            if fn is not None:
+                fn(int(n))
+                done.append(os.path.basename(path))
+                break
+    return done

@@ -474,6 +474,8 @@ def main(argv=None) -> int:
         argv = ["run"] + argv
     parser = build_parser()
     a = parser.parse_args(argv)
+    from .parallel import set_blas_threads
+    set_blas_threads(1)       # small matmuls: one BLAS thread each, the second core validates
     if a.command == "run" and not argv:
         a.command = "run"
     out = a.out or Path("runs") / f"regression-{datetime.now():%Y%m%d-%H%M%S}"
