@@ -2,11 +2,13 @@
 
 Timings are never asserted on (machines are noisy); only that they are finite and positive.
 """
+import importlib
 import json
 import math
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -18,6 +20,21 @@ from tinydan.tensor import Op, apply
 pytestmark = pytest.mark.autograd
 
 NAMES = list(bench.BENCHMARKS)
+REGRESSION = ("regression_meta_first_order", "regression_meta_one_step", "regression_deploy")
+
+try:            # PyTorch: a reference for the regression benchmarks, never a tinydan dependency
+    importlib.import_module("torch")
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="PyTorch is not installed: the regression "
+                                 "benchmarks have no reference to compare with")
+
+
+@pytest.fixture
+def no_torch(monkeypatch):
+    """Make ``import torch`` fail, as on a machine without PyTorch."""
+    monkeypatch.setitem(sys.modules, "torch", None)
 
 
 def test_registry_has_the_benchmarks_and_targets():
@@ -27,6 +44,9 @@ def test_registry_has_the_benchmarks_and_targets():
     assert bench.BENCHMARKS["mlp256_b64"].target == 1.15
     assert bench.BENCHMARKS["conv2d_ucil"].target == 1.3
     assert bench.BENCHMARKS["mlp40_b1"].target is None
+    for name in REGRESSION:
+        assert bench.BENCHMARKS[name].target == 1.0          # PASS: faster than PyTorch eager
+        assert name in bench.PUBLISHED_S
     with pytest.raises(ValueError, match="twice"):
         bench.register("mlp40_b1")(lambda: None)
 
@@ -35,9 +55,15 @@ def test_registry_has_the_benchmarks_and_targets():
 def test_each_benchmark_runs_quick_with_finite_times(name):
     r = bench.run_benchmark(name, repeat=1, quick=True)
     assert r.name == name and r.repeat == 1 and r.number == 1
+    if name in REGRESSION and not HAVE_TORCH:                 # tinydan alone
+        assert r.reference_samples == [] and math.isnan(r.reference_s) and r.status == ""
+        assert math.isfinite(r.tinydan_s) and r.tinydan_s > 0 and r.ops > 0
+        return
     for t in (*r.tinydan_samples, *r.reference_samples, r.tinydan_s, r.reference_s, r.ratio):
         assert math.isfinite(t) and t > 0
     assert r.ops > 0
+    if name in REGRESSION:
+        assert r.reference_name.startswith("torch")
     if bench.BENCHMARKS[name].target is None:
         assert r.status == ""
     else:
@@ -56,9 +82,11 @@ def _corrupt(a, k):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_check_compares_every_output_and_gradient(name):
+    if name in REGRESSION and not HAVE_TORCH:
+        pytest.skip("PyTorch is not installed: the regression benchmarks have no reference")
     case = bench.BENCHMARKS[name].setup()
-    got = [r.data if isinstance(r, td.Tensor) else np.asarray(r) for r in case.tinydan()]
-    ref = [np.asarray(r) for r in case.reference()]
+    got = [bench._as_array(r) for r in case.tinydan()]
+    ref = [bench._as_array(r) for r in case.reference()]
     bench.compare(name, got, ref, case.rtol, case.atol)          # agrees as built
     assert len(ref) >= 2                                         # an output and >= 1 gradient
     for i in range(len(ref)):                # one wrong entry (the last) in any result is caught
@@ -72,6 +100,133 @@ def test_check_compares_every_output_and_gradient(name):
     bad[-1] = ref[-1].reshape(-1)[:-1] if ref[-1].size > 1 else ref[-1].reshape(1, 1)
     with pytest.raises(bench.BenchmarkMismatch, match="shape"):
         bench.compare(name, got, bad, case.rtol, case.atol)
+
+
+@needs_torch
+@pytest.mark.parametrize("name", REGRESSION)
+def test_regression_check_compares_phi_gradients_and_synapse_updates_with_torch(name):
+    case = bench.BENCHMARKS[name].setup()
+    assert case.reference_name.startswith("torch")
+    got, ref = list(case.tinydan()), list(case.reference())
+    shapes = [bench._as_array(r).shape for r in ref]
+    # the updates of vec0..2 (weight, bias), skip0_2 and skip1_3, for population 1, C = 40
+    assert shapes[-8:] == [(1, 1, 1600), (1, 1, 1600), (1, 40, 1600), (1, 1, 1600),
+                           (1, 40, 40), (1, 1, 40), (1, 1, 1600), (1, 40, 40)]
+    if name == "regression_deploy":      # the task loss, 8 updates
+        assert shapes[:1] == [()] and len(shapes) == 9
+    else:                                # meta-loss, task loss, the 6 phi gradients, 8 updates
+        assert shapes[:8] == [(), (), (40, 15), (15,), (15, 8), (8,), (8, 1), (1,)]
+    bench.compare(name, got, ref, case.rtol, case.atol)
+    # the synapse updates are (theta' - theta) / lr = the task gradient: 10% off is caught
+    bad = list(ref)
+    bad[-1] = bench._as_array(ref[-1]) * 1.1
+    with pytest.raises(bench.BenchmarkMismatch, match=f"result {len(ref) - 1} "):
+        bench.compare(name, got, bad, case.rtol, case.atol)
+    # and the step carries its state forward: the second steps agree too, and differ from the first
+    got2, ref2 = case.tinydan(), case.reference()
+    bench.compare(name, got2, ref2, case.rtol, case.atol)
+    assert not np.array_equal(bench._as_array(got2[-1]), bench._as_array(got[-1]))
+
+
+@needs_torch
+def test_regression_torch_mismatch_fails_loudly(monkeypatch):
+    """A wrong phi gradient on the torch side stops the benchmark before anything is timed."""
+    orig = bench.BENCHMARKS["regression_meta_first_order"]
+
+    def setup():
+        case = orig.setup()
+        good = case.reference
+
+        def wrong():
+            out = list(good())
+            out[2] = out[2] * 1.01                  # the gradient of the DAN's first weight
+            return tuple(out)
+        case.reference = wrong
+        return case
+
+    monkeypatch.setitem(bench.BENCHMARKS, orig.name,
+                        bench.Benchmark(orig.name, setup, orig.target, orig.description))
+    with pytest.raises(bench.BenchmarkMismatch, match="result 2 "):
+        bench.run_benchmark(orig.name, repeat=1, quick=True)
+
+
+@needs_torch
+def test_regression_check_tells_first_order_from_one_step():
+    """The one-step meta-gradient (through the inner update) is not the first-order one: the
+    check is sharp enough to see the second-order term."""
+    fo = bench.BENCHMARKS["regression_meta_first_order"].setup()
+    os_ = bench.BENCHMARKS["regression_meta_one_step"].setup()
+    got, ref = fo.tinydan(), os_.reference()
+    with pytest.raises(bench.BenchmarkMismatch, match="result [2-7] "):
+        bench.compare("mixed", got, ref, fo.rtol, fo.atol)
+
+
+def test_regression_without_torch_times_tinydan_alone(no_torch, capsys):
+    case = bench.BENCHMARKS["regression_deploy"].setup()
+    assert case.reference is None and "torch not installed" in case.notes
+    r = bench.run_benchmark("regression_deploy", repeat=2, quick=True)
+    assert len(r.tinydan_samples) == 2 and r.reference_samples == []
+    assert math.isnan(r.reference_s) and math.isnan(r.ratio) and r.status == ""
+    table = bench.format_table([r])
+    row = [c for c in table.splitlines()[-1].split("  ") if c.strip()]      # 2+ spaces apart
+    assert [c.strip() for c in row[:7]] == ["regression_deploy", bench._fmt_time(r.tinydan_s),
+                                            "-", "torch (absent)", "-", "<= 1.00x", "-"]
+    notes = bench.format_regression_notes([r], [1.0, 1.0, 1.0])
+    assert "not installed" in notes and "JAX jit 0.14 ms" in notes
+    assert bench.main(["--only", "regression_meta_one_step", "--quick", "--repeat", "1",
+                       "--threads", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "regression_meta_one_step" in out and "not installed" in out
+
+
+def test_time_pair_times_one_side_without_a_reference():
+    calls = []
+    ta, tb, number = bench.time_pair(lambda: calls.append("a"), None, repeat=3, warmup=1,
+                                     min_sample_s=0.0)
+    assert len(ta) == 3 and tb == [] and number == 1 and calls == ["a"] * 4
+
+
+@needs_torch
+def test_cli_regression_prints_published_numbers_and_profile(capsys):
+    assert bench.main(["--only", "regression_deploy", "--quick", "--repeat", "1",
+                       "--threads", "0", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "torch 2" in out                                   # the ref column
+    assert "PyTorch 2.13 eager 0.54 ms, HIPS autograd 1.30 ms, JAX jit 0.14 ms" in out
+    assert "meaningful" in out and "load average" in out
+    assert "cProfile of 3 tinydan steps of regression_deploy" in out and "tottime" in out
+
+
+def test_ucil_flag_without_the_module_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tinydan.ucil", None)    # as before ucil.py exists
+    assert bench.main(["--ucil", "--threads", "0"]) == 1
+    out = capsys.readouterr().out
+    assert "tinydan.ucil does not exist yet" in out
+    assert "benchmark " not in out                            # --ucil alone: no table
+    fake = types.ModuleType("tinydan.ucil")                   # a ucil.py without the hook
+    monkeypatch.setitem(sys.modules, "tinydan.ucil", fake)
+    assert bench.main(["--ucil", "--threads", "0"]) == 1
+    assert "has no bench_paper_meta_step" in capsys.readouterr().out
+
+
+def test_ucil_flag_calls_the_hook_and_prints_its_result(monkeypatch, capsys, tmp_path):
+    seen = []
+
+    def bench_paper_meta_step(quick=False):
+        seen.append(quick)
+        return {"time_per_meta_step_s": 1.25, "peak_memory_bytes": 3 * 2 ** 30,
+                "matmul_peak_fraction": 0.4213}
+    fake = types.ModuleType("tinydan.ucil")
+    fake.bench_paper_meta_step = bench_paper_meta_step
+    monkeypatch.setitem(sys.modules, "tinydan.ucil", fake)
+    out_json = tmp_path / "u.json"
+    assert bench.main(["--ucil", "--quick", "--threads", "0", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert seen == [True]
+    assert "time_per_meta_step_s: 1.250 s" in out and "3072.0 MiB" in out and "0.4213" in out
+    assert json.loads(out_json.read_text())["ucil"]["matmul_peak_fraction"] == 0.4213
+    assert bench.main(["--only", "mlp40_b1", "--quick", "--repeat", "1", "--threads", "0"]) == 0
+    assert seen == [True]                                     # --ucil is opt-in
 
 
 def test_mlp_gradients_are_the_weight_and_bias_gradients():

@@ -1,10 +1,19 @@
-"""Benchmarks: tinydan against the same computation written by hand in NumPy.
+"""Benchmarks: tinydan against the same computation written by hand in NumPy (or in PyTorch).
 
 Run ``python -m tinydan.bench`` (``--help`` for the options). Each benchmark times one training
 step in tinydan (forward + backward) and the SAME math written by hand in NumPy, interleaved
 (A B A B ...) so that machine noise hits both alike, and prints the medians and their ratio.
 Before timing, the two are run once and their outputs and gradients compared (``np.allclose``);
 a benchmark whose tinydan and NumPy results disagree fails loudly instead of printing a number.
+
+The ``regression_*`` benchmarks time the steps of the `paper` regression model (a meta-step with
+the first-order or one-step meta-gradient, and a deployment step) against the same computation in
+PyTorch eager on one thread, with the same starting weights; the phi gradients and synapse
+updates of both are compared first. PyTorch is only a reference measurement, imported lazily and
+never a tinydan dependency: without it these benchmarks time tinydan alone (reference "-") and
+the notes under the table give the published PyTorch / HIPS autograd / JAX times to compare with.
+``--profile`` prints a cProfile of each selected tinydan step; ``--ucil`` runs the UCIL meta-step
+benchmark of ``tinydan.ucil.bench_paper_meta_step`` (slow and memory-hungry, so opt-in).
 
 By default the process runs with ONE BLAS thread (``--threads 1``): the small benchmarks measure
 Python overhead, and a multi-threaded BLAS only adds noise to them. ``python -m tinydan.bench``
@@ -110,11 +119,12 @@ class Case:
     order; ``verify`` compares them element by element before anything is timed.
     """
     tinydan: Callable[[], Any]
-    reference: Callable[[], Any]
+    reference: Callable[[], Any] | None   # None: no reference here (e.g. torch not installed)
     notes: str = ""
     per_op: bool = False          # report (tinydan - NumPy) / number of tinydan ops
     rtol: float = 1e-4
     atol: float = 1e-5            # relative to the largest |value| of each reference array
+    reference_name: str = "numpy"  # what the reference is, for the table
 
 
 @dataclass
@@ -145,7 +155,11 @@ class BenchmarkMismatch(AssertionError):
 
 
 def _as_array(x) -> np.ndarray:
-    return x.data if isinstance(x, Tensor) else np.asarray(x)
+    if isinstance(x, Tensor):
+        return x.data
+    if hasattr(x, "detach") and hasattr(x, "numpy"):         # a torch tensor (reference side)
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
 
 
 def compare(name: str, got, expected, rtol: float = 1e-4, atol: float = 1e-5) -> None:
@@ -171,7 +185,13 @@ def compare(name: str, got, expected, rtol: float = 1e-4, atol: float = 1e-5) ->
 
 
 def verify(name: str, case: Case) -> None:
-    """Run both sides once and compare them (raises BenchmarkMismatch)."""
+    """Run both sides once and compare them (raises BenchmarkMismatch).
+
+    Without a reference (``case.reference is None``) tinydan runs once and nothing is compared.
+    """
+    if case.reference is None:
+        case.tinydan()
+        return
     compare(name, case.tinydan(), case.reference(), case.rtol, case.atol)
 
 
@@ -225,7 +245,7 @@ def _calls_per_sample(fn, min_sample_s: float) -> int:
     return max(1, min(1000, math.ceil(min_sample_s / dt)))
 
 
-def time_pair(a: Callable, b: Callable, repeat: int | None = None, warmup: int = 3,
+def time_pair(a: Callable, b: Callable | None, repeat: int | None = None, warmup: int = 3,
               min_sample_s: float = 0.002, budget_s: float = 3.0, min_repeat: int = 7,
               max_repeat: int = 201) -> tuple[list[float], list[float], int]:
     """Per-call times of ``a`` and ``b`` (seconds), sampled alternately: a b a b ...
@@ -233,14 +253,19 @@ def time_pair(a: Callable, b: Callable, repeat: int | None = None, warmup: int =
     Each sample times ``number`` back-to-back calls (so that a sample of the faster side lasts at
     least ``min_sample_s``, far above the timer's resolution) and divides by it. With
     ``repeat=None`` the number of samples fills about ``budget_s`` seconds. The garbage collector
-    is off while timing (as in ``timeit``). Returns (a_times, b_times, number).
+    is off while timing (as in ``timeit``). Returns (a_times, b_times, number). With ``b=None``
+    only ``a`` is timed and b_times is empty.
     """
+    if b is None:
+        b = _nothing
     for _ in range(warmup):
         a()
         b()
     number = 1
     if min_sample_s > 0:
-        number = min(_calls_per_sample(a, min_sample_s), _calls_per_sample(b, min_sample_s))
+        number = _calls_per_sample(a, min_sample_s)
+        if b is not _nothing:
+            number = min(number, _calls_per_sample(b, min_sample_s))
     if repeat is None:
         t0 = time.perf_counter()
         for _ in range(number):
@@ -267,17 +292,21 @@ def time_pair(a: Callable, b: Callable, repeat: int | None = None, warmup: int =
     finally:
         if was_enabled:
             gc.enable()
-    return ta, tb, number
+    return ta, ([] if b is _nothing else tb), number
+
+
+def _nothing():
+    """The missing side of time_pair(a, None)."""
 
 
 @dataclass
 class Result:
     name: str
     tinydan_s: float               # median seconds per step
-    reference_s: float
-    ratio: float                   # tinydan_s / reference_s
+    reference_s: float             # nan without a reference
+    ratio: float                   # tinydan_s / reference_s (nan without a reference)
     target: float | None
-    status: str                    # "PASS", "MISS" or "" (no target)
+    status: str                    # "PASS", "MISS" or "" (no target, or no reference)
     ops: int                       # tinydan ops per step
     per_op_us: float | None        # (tinydan - reference) / ops, microseconds
     repeat: int
@@ -285,6 +314,7 @@ class Result:
     notes: str
     tinydan_samples: list[float] = field(default_factory=list, repr=False)
     reference_samples: list[float] = field(default_factory=list, repr=False)
+    reference_name: str = "numpy"
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -303,17 +333,19 @@ def run_benchmark(name: str, repeat: int | None = None, quick: bool = False) -> 
                                    min_sample_s=0.0)
     else:
         ta, tb, number = time_pair(case.tinydan, case.reference, repeat=repeat)
-    mt, mr = median(ta), median(tb)
-    ratio = mt / mr if mr > 0 else float("inf")
-    status = "" if bench.target is None else ("PASS" if ratio <= bench.target else "MISS")
-    per_op = (mt - mr) / ops * 1e6 if case.per_op and ops else None
+    mt = median(ta)
+    mr = median(tb) if tb else float("nan")
+    ratio = (mt / mr if mr > 0 else float("inf")) if tb else float("nan")
+    status = "" if bench.target is None or not tb else \
+        ("PASS" if ratio <= bench.target else "MISS")
+    per_op = (mt - mr) / ops * 1e6 if case.per_op and ops and tb else None
     notes = case.notes
-    if case.per_op and ops:
+    if per_op is not None:
         notes = f"{per_op:+.2f} us/op over {ops} ops; " + notes
     elif ops:
         notes = f"{ops} ops; " + notes
     return Result(name, mt, mr, ratio, bench.target, status, ops, per_op, len(ta), number,
-                  notes, ta, tb)
+                  notes, ta, tb, case.reference_name)
 
 
 # ---------------------------------------------------------------------------- machine facts
@@ -358,6 +390,14 @@ def _git_revision() -> str | None:
         return None
 
 
+def _load_avg() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def machine_info() -> dict:
     """numpy version, BLAS, BLAS threads in use, CPU counts."""
     info: dict[str, Any] = {
@@ -372,6 +412,7 @@ def machine_info() -> dict:
         info["cpus_usable"] = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         info["cpus_usable"] = os.cpu_count()
+    info["load_avg"] = _load_avg()
     blas = "unknown"
     try:
         cfg = np.show_config(mode="dicts")
@@ -398,6 +439,8 @@ def machine_info() -> dict:
 
 
 def _fmt_time(s: float) -> str:
+    if math.isnan(s):
+        return "-"
     if not math.isfinite(s):
         return str(s)
     if s < 1e-3:
@@ -408,10 +451,11 @@ def _fmt_time(s: float) -> str:
 
 
 def format_table(results: list[Result]) -> str:
-    head = ("benchmark", "tinydan", "numpy ref", "ratio", "target", "status", "notes")
+    head = ("benchmark", "tinydan", "reference", "ref", "ratio", "target", "status", "notes")
     rows = [head]
     for r in results:
-        rows.append((r.name, _fmt_time(r.tinydan_s), _fmt_time(r.reference_s), f"{r.ratio:.2f}x",
+        rows.append((r.name, _fmt_time(r.tinydan_s), _fmt_time(r.reference_s), r.reference_name,
+                     f"{r.ratio:.2f}x" if not math.isnan(r.ratio) else "-",
                      f"<= {r.target:.2f}x" if r.target is not None else "-", r.status or "-",
                      r.notes))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
@@ -431,7 +475,9 @@ def format_header(info: dict, threads_requested: int) -> str:
         + (f" (git {info['tinydan_git']})" if info.get("tinydan_git") else "")
         + f" benchmarks -- python {info['python']}, numpy {info['numpy']}",
         f"platform: {info['platform']}",
-        f"CPUs: {info['cpu_count']} ({info['cpus_usable']} usable by this process)",
+        f"CPUs: {info['cpu_count']} ({info['cpus_usable']} usable by this process)"
+        + (", load average {:.2f} {:.2f} {:.2f} (1/5/15 min)".format(*info["load_avg"])
+           if info.get("load_avg") else ""),
         f"BLAS: {info['blas']}",
         "BLAS threads in use: " + (", ".join(f"{n} ({lib})" for lib, n in info["blas_threads"])
                                    if info["blas_threads"] else "unknown")
@@ -443,8 +489,10 @@ def format_header(info: dict, threads_requested: int) -> str:
     if threads_requested > 0 and any(n != threads_requested for n in in_use):
         lines.append(f"WARNING: --threads {threads_requested} was asked for but BLAS uses "
                      f"{in_use}; run as `python -m tinydan.bench` so the env can be set first.")
-    lines.append("Times: median per step over interleaved samples (tinydan, numpy, tinydan, ...), "
-                 "gc off while timing; ratio = tinydan median / numpy median.")
+    lines.append("Times: median per step over interleaved samples (tinydan, reference, tinydan, "
+                 "...), gc off while timing; ratio = tinydan median / reference median. The "
+                 "reference (column ref) is the same math hand-written in numpy, or in PyTorch "
+                 "eager (one thread) for the regression_* steps.")
     lines.append("ops: tinydan ops per step = Op.forward calls in one step (the forward ops plus "
                  "the ops run by the backward rules); us/op = (tinydan - numpy) / ops.")
     return "\n".join(lines)
@@ -617,6 +665,209 @@ def maxpool_ucil() -> Case:
     return Case(run_tinydan, run_reference, notes=notes)
 
 
+# ---------------------------------------------------------------------------- regression steps
+# The meta-training and deployment steps of the `paper` regression model, against the SAME
+# computation in PyTorch eager (a reference measurement only: torch is imported lazily, never a
+# tinydan dependency; without it these benchmarks time tinydan alone and check nothing).
+
+#: Times measured side by side on this kind of machine, one thread each (the project's issue).
+PUBLISHED_S = {
+    "regression_meta_first_order": {"PyTorch 2.13 eager": 2.1e-3, "HIPS autograd": 3.7e-3,
+                                    "JAX jit": 0.85e-3},
+    "regression_meta_one_step": {"PyTorch 2.13 eager": 2.9e-3, "HIPS autograd": 7.9e-3,
+                                 "JAX jit": 1.2e-3},
+    "regression_deploy": {"PyTorch 2.13 eager": 0.54e-3, "HIPS autograd": 1.3e-3,
+                          "JAX jit": 0.14e-3},
+}
+
+_TORCH_THREADS_SET = False
+
+
+def _torch():
+    """PyTorch with ONE intra-op thread, or None when it cannot be imported (imported lazily)."""
+    global _TORCH_THREADS_SET
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not _TORCH_THREADS_SET:
+        torch.set_num_threads(1)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:                 # only settable before torch's first parallel work
+            pass
+        _TORCH_THREADS_SET = True
+    return torch
+
+
+class _Update:
+    """The synapse update (theta_new - theta_old) / lr of one step, computed only when compared.
+
+    Comparing theta_new itself would hide a wrong gradient: lr * grad is ~1e-3 of theta. The
+    subtraction happens in ``__array__`` (the correctness check), not in the timed step.
+    """
+    __slots__ = ("new", "old", "lr")
+
+    def __init__(self, new, old, lr):
+        self.new, self.old, self.lr = new, old, lr
+
+    def __array__(self, dtype=None, copy=None):
+        d = (_as_array(self.new).astype(np.float64) - _as_array(self.old)) / self.lr
+        return d if dtype is None else d.astype(dtype)
+
+
+def _torch_regression_forward(torch, net, x, theta: dict, phi: list):
+    """DANNetwork.forward in PyTorch for a globally shared tanh MLPDAN: x (P, B, n0) -> (P, B, nL).
+
+    The same ops in the same order: VEC = x @ W + b (one fused baddbmm, like td.linear), skip
+    VECs added before the DANs, one DAN call per layer on (P*B*n, C) rows, the final tanh and
+    output scale as configured.
+    """
+    P, B, _ = x.shape
+    C, nodes, L = net.n_channels, net.nodes, len(net.nodes) - 1
+    n_dan = len(phi) // 2
+    acts = [x]
+    for l in range(1, L + 1):
+        z = torch.baddbmm(theta[f"vec{l - 1}.bias"], acts[l - 1], theta[f"vec{l - 1}.weight"])
+        for j, k in net.skips:
+            if k == l:
+                z = z + torch.bmm(acts[j], theta[f"skip{j}_{k}.weight"])
+        h = z.reshape(P * B * nodes[l], C)
+        for i in range(n_dan):
+            h = torch.addmm(phi[2 * i + 1], h, phi[2 * i])
+            if i < n_dan - 1 or l < L or net.final_activation:
+                h = torch.tanh(h)
+        acts.append(h.reshape(P, B, nodes[l]))
+    out = acts[-1]
+    if net.output_scale is not None:
+        out = out * float(net.output_scale)
+    return out
+
+
+def _regression_case(kind: str) -> Case:
+    """kind: "first_order", "one_step" (meta_step + Adam on phi) or "deploy" (deploy_step)."""
+    from .meta import deploy_step, meta_step
+    from .models import build_regression_net, regression_config
+    from .optim import Adam
+    from .tasks import sample_sines
+
+    cfg = regression_config("paper")
+    rng = _rng(7)
+    net = build_regression_net(cfg, rng)
+    if net.sharing != "global" or not all(getattr(d, "activation", None) == "tanh"
+                                          for d in net.dans):
+        raise ValueError("the regression benchmarks expect the paper's global tanh MLPDAN")
+    theta0 = net.init_synapses(1, rng)                          # population 1
+    names = list(theta0)
+    phi = net.parameters()
+    f32 = np.float32
+    fn = sample_sines(rng, 1)
+    x = rng.uniform(-5, 5, (1, cfg.inner_batch)).astype(f32)    # the inner step: 1 point
+    xm = rng.uniform(-5, 5, (1, cfg.meta_batch)).astype(f32)    # the meta-loss: 32 points
+    y, ym = fn(x).astype(f32)[..., None], fn(xm).astype(f32)[..., None]
+    x, xm = x[..., None], xm[..., None]
+    lr = cfg.inner_lr
+    phi0 = [p.data.copy() for p in phi]                         # torch starts from these
+
+    st = {"theta": {k: Tensor(np.array(v), requires_grad=True) for k, v in theta0.items()}}
+    if kind == "deploy":
+        def run_tinydan():
+            old = st["theta"]
+            new, loss = deploy_step(net, old, x, y, lr)
+            st["theta"] = new
+            return (loss, *[_Update(new[k], old[k], lr) for k in names])
+    else:
+        opt = Adam(phi, lr=cfg.meta_lr)
+
+        def run_tinydan():
+            old = st["theta"]
+            new, gphi, lt, lm = meta_step(net, old, x, y, xm, ym, lr, kind, phi)
+            opt.step(gphi)
+            st["theta"] = new
+            return (lm, lt, *gphi, *[_Update(new[k], old[k], lr) for k in names])
+
+    what = {"first_order": "inner SGD step (1 point) + first-order meta-gradient (32 points) "
+                           "+ Adam on phi",
+            "one_step": "inner SGD step (1 point, create_graph) + one-step meta-gradient "
+                        "(32 points) + Adam on phi",
+            "deploy": "deploy_step: one SGD step on the synapses (1 point), phi fixed"}[kind]
+    notes = f"paper net, P=1, state carried forward; {what}"
+
+    torch = _torch()
+    if torch is None:
+        return Case(run_tinydan, None, notes=notes + "; torch not installed: no reference, "
+                    "not checked", reference_name="torch (absent)")
+
+    F = torch.nn.functional
+    T = lambda a: torch.from_numpy(np.array(a, dtype=f32))      # noqa: E731 - a private copy
+    tx, ty, txm, tym = T(x), T(y), T(xm), T(ym)
+    P = float(x.shape[0])
+    tphi = [T(p).requires_grad_(kind != "deploy") for p in phi0]
+    tst = {"theta": {k: T(v).requires_grad_() for k, v in theta0.items()}}
+
+    def torch_inner(old, create_graph):
+        loss = F.mse_loss(_torch_regression_forward(torch, net, tx, old, tphi), ty) * P
+        gs = torch.autograd.grad(loss, [old[k] for k in names], create_graph=create_graph)
+        return loss, gs
+
+    if kind == "deploy":
+        def run_reference():
+            old = tst["theta"]
+            loss, gs = torch_inner(old, False)
+            with torch.no_grad():
+                new = {k: (old[k] - lr * g).requires_grad_() for k, g in zip(names, gs)}
+            tst["theta"] = new
+            return (loss.item() / P, *[_Update(new[k], old[k], lr) for k in names])
+    else:
+        try:                         # the fastest CPU Adam (fused: ~2x the default's speed)
+            topt = torch.optim.Adam(tphi, lr=cfg.meta_lr, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            topt = torch.optim.Adam(tphi, lr=cfg.meta_lr)
+        one_step = kind == "one_step"
+
+        def run_reference():
+            old = tst["theta"]
+            loss, gs = torch_inner(old, one_step)
+            if one_step:                                         # theta' stays a function of phi
+                th1 = {k: old[k] - lr * g for k, g in zip(names, gs)}
+            else:
+                with torch.no_grad():
+                    th1 = {k: old[k] - lr * g for k, g in zip(names, gs)}
+            meta = F.mse_loss(_torch_regression_forward(torch, net, txm, th1, tphi), tym)
+            gphi = torch.autograd.grad(meta, tphi)
+            for p, g in zip(tphi, gphi):
+                p.grad = g
+            topt.step()
+            new = {k: v.detach().requires_grad_() for k, v in th1.items()}
+            tst["theta"] = new
+            return (meta.item(), loss.item() / P, *gphi,
+                    *[_Update(new[k], old[k], lr) for k in names])
+
+    # float32 on both sides, different summation orders: gradients agree to ~1e-5 of their
+    # largest entry; the synapse update (theta' - theta) / lr loses ~1e-4 more to the rounding of
+    # theta' (lr = 1e-3). A wrong rule anywhere in the engine is off by far more than that.
+    return Case(run_tinydan, run_reference, notes=notes, rtol=1e-3, atol=3e-4,
+                reference_name=f"torch {torch.__version__.split('+')[0]}")
+
+
+@register("regression_meta_first_order", target=1.0)
+def regression_meta_first_order() -> Case:
+    """Meta-step (inner SGD + first-order meta-gradient + Adam), paper net, vs PyTorch eager."""
+    return _regression_case("first_order")
+
+
+@register("regression_meta_one_step", target=1.0)
+def regression_meta_one_step() -> Case:
+    """Meta-step (inner SGD + one-step meta-gradient + Adam), paper net, vs PyTorch eager."""
+    return _regression_case("one_step")
+
+
+@register("regression_deploy", target=1.0)
+def regression_deploy() -> Case:
+    """Deployment SGD step on the synapses, paper net, vs PyTorch eager."""
+    return _regression_case("deploy")
+
+
 # ---------------------------------------------------------------------------- CLI
 def _parse_args(argv):
     p = argparse.ArgumentParser(
@@ -636,12 +887,19 @@ def _parse_args(argv):
     p.add_argument("--json", metavar="PATH", default=None,
                    help="also write machine facts and results (with all samples) to PATH")
     p.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, cProfile the tinydan step of each benchmark and print "
+                        "the top functions by own time (tottime)")
+    p.add_argument("--ucil", action="store_true",
+                   help="also run tinydan.ucil.bench_paper_meta_step (slow and memory-hungry: "
+                        "off by default); alone it runs only that, with --only those first. "
+                        "Under --threads 1 (the default) it runs on one BLAS thread too")
     args = p.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.threads < 0:
         p.error("--threads must be >= 0")
-    names = list(BENCHMARKS)
+    names = [] if args.ucil and not args.only else list(BENCHMARKS)
     if args.only:
         names = [s.strip() for s in args.only.split(",") if s.strip()]
         unknown = [s for s in names if s not in BENCHMARKS]
@@ -652,13 +910,135 @@ def _parse_args(argv):
     return args
 
 
+def format_regression_notes(results: list[Result], load_before: list[float] | None) -> str:
+    """What the regression_* rows compare with: the published numbers, torch, the machine load."""
+    rows = [r for r in results if r.name in PUBLISHED_S]
+    if not rows:
+        return ""
+    lines = ["Published one-thread times for these steps, measured side by side on this kind of "
+             "machine (the project's issue), next to tinydan's median here:"]
+    w = max(len(r.name) for r in rows)
+    for r in rows:
+        pub = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in PUBLISHED_S[r.name].items())
+        lines.append(f"  {r.name.ljust(w)}  tinydan {_fmt_time(r.tinydan_s)} here | published: "
+                     f"{pub}")
+    torch = sys.modules.get("torch")
+    if torch is not None and any(not math.isnan(r.reference_s) for r in rows):
+        lines.append(f"PyTorch reference here: torch {torch.__version__} eager, "
+                     f"torch.get_num_threads() = {torch.get_num_threads()}; same weights, same "
+                     "math; its phi gradients and synapse updates were checked against tinydan's "
+                     "before timing.")
+    else:
+        lines.append("PyTorch is not installed here: no reference was timed or checked (\"-\"); "
+                     "compare tinydan's times with the published ones above.")
+    now = _load_avg()
+    load = ""
+    if load_before and now:
+        load = (f" (load average {load_before[0]:.2f} at the start, {now[0]:.2f} now, on "
+                f"{os.cpu_count()} CPUs)")
+    lines.append(f"Absolute times depend on this machine's load{load}; the ratio against PyTorch "
+                 "measured in this same run, interleaved, is the meaningful figure. "
+                 "PASS: tinydan beats PyTorch eager (ratio < 1).")
+    return "\n".join(lines)
+
+
+def profile_step(name: str, calls: int | None = None, top: int = 15) -> str:
+    """cProfile of ``calls`` tinydan steps of benchmark ``name`` (after a warm-up): the ``top``
+    functions by own time, as pstats prints them."""
+    import cProfile
+    import io
+    import pstats
+    case = BENCHMARKS[name].setup()
+    for _ in range(3):
+        case.tinydan()
+    if calls is None:
+        calls = _calls_per_sample(case.tinydan, 1.0)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        case.tinydan()
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(top)
+    text = out.getvalue().strip()
+    return f"cProfile of {calls} tinydan steps of {name}, top {top} by tottime:\n{text}"
+
+
+UCIL_HOOK = ("tinydan.ucil", "bench_paper_meta_step")
+
+
+def run_ucil(quick: bool = False, repeat: int | None = None) -> tuple[bool, Any, str]:
+    """Call ``tinydan.ucil.bench_paper_meta_step`` if it exists: (ran, result, message).
+
+    The UCIL meta-step is benchmarked by its own module (it is slow and memory-hungry); this only
+    calls it, passing ``quick``/``repeat`` where its signature takes them.
+    """
+    import importlib
+    import inspect
+    mod_name, fn_name = UCIL_HOOK
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name == mod_name:
+            return False, None, (f"--ucil: {mod_name} does not exist yet (no tinydan/ucil.py), "
+                                 "so there is no UCIL meta-step to benchmark.")
+        return False, None, f"--ucil: {mod_name} could not be imported: {e!r}"
+    except Exception as e:                                  # a module still being written
+        return False, None, f"--ucil: {mod_name} could not be imported: {e!r}"
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        return False, None, (f"--ucil: {mod_name} has no {fn_name}() yet, so there is no UCIL "
+                             "meta-step to benchmark.")
+    kwargs = {}
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if "quick" in params:
+        kwargs["quick"] = quick
+    if "repeat" in params and repeat is not None:
+        kwargs["repeat"] = repeat
+    result = fn(**kwargs)
+    return True, result, format_ucil(result)
+
+
+def _ucil_dict(result) -> dict | None:
+    import dataclasses
+    if isinstance(result, dict):
+        return result
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return dataclasses.asdict(result)
+    if hasattr(result, "as_dict"):
+        return result.as_dict()
+    return None
+
+
+def format_ucil(result) -> str:
+    """The UCIL hook's result, one ``key: value`` a line when it is a dict (or a dataclass)."""
+    d = _ucil_dict(result)
+    if d is None:
+        return f"UCIL paper meta-step: {result}"
+    lines = ["UCIL paper meta-step (tinydan.ucil.bench_paper_meta_step):"]
+    for k, v in d.items():
+        if isinstance(v, float) and k.endswith("_s"):
+            v = _fmt_time(v)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool) and k.endswith("bytes"):
+            v = f"{v / 2 ** 20:.1f} MiB"
+        elif isinstance(v, float):
+            v = f"{v:.4g}"
+        lines.append(f"  {k}: {v}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    """Entry point of ``python -m tinydan.bench``; returns 0 (a missed target is only reported)."""
+    """Entry point of ``python -m tinydan.bench``; returns 0 (a missed target is only reported),
+    1 when ``--ucil`` was asked for and the UCIL hook is not there."""
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
         for b in BENCHMARKS.values():
             tgt = f" [target <= {b.target}x]" if b.target is not None else ""
-            print(f"{b.name:16s} {b.description}{tgt}")
+            print(f"{b.name:28s} {b.description}{tgt}")
         return 0
     info = machine_info()
     print(format_header(info, args.threads))
@@ -667,21 +1047,37 @@ def main(argv=None) -> int:
     for name in args.names:
         r = run_benchmark(name, repeat=args.repeat, quick=args.quick)
         results.append(r)
-        print(f"  {name}: tinydan {_fmt_time(r.tinydan_s)}, numpy {_fmt_time(r.reference_s)} "
-              f"({r.repeat} samples x {r.number} calls)", file=sys.stderr, flush=True)
+        print(f"  {name}: tinydan {_fmt_time(r.tinydan_s)}, {r.reference_name} "
+              f"{_fmt_time(r.reference_s)} ({r.repeat} samples x {r.number} calls)",
+              file=sys.stderr, flush=True)
     sys.stderr.flush()
-    print(format_table(results))
-    missed = [r.name for r in results if r.status == "MISS"]
-    if missed:
-        print(f"\nMISSED targets: {', '.join(missed)}")
-    if args.quick:
-        print("\n(--quick: too few samples for the numbers to mean much)")
+    if results:
+        print(format_table(results))
+        missed = [r.name for r in results if r.status == "MISS"]
+        if missed:
+            print(f"\nMISSED targets: {', '.join(missed)}")
+        notes = format_regression_notes(results, info.get("load_avg"))
+        if notes:
+            print("\n" + notes)
+        if args.quick:
+            print("\n(--quick: too few samples for the numbers to mean much)")
+    if args.profile:
+        for name in args.names:
+            print("\n" + profile_step(name, calls=3 if args.quick else None))
+    rc, ucil = 0, None
+    if args.ucil:
+        ran, ucil, message = run_ucil(quick=args.quick, repeat=args.repeat)
+        print(("\n" if results else "") + message, flush=True)
+        if not ran:
+            rc = 1
     if args.json:
+        data = {"machine": info, "threads_requested": args.threads,
+                "quick": args.quick, "results": [r.as_dict() for r in results]}
+        if args.ucil:
+            data["ucil"] = _ucil_dict(ucil) if _ucil_dict(ucil) is not None else ucil
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "threads_requested": args.threads,
-                       "quick": args.quick, "results": [r.as_dict() for r in results]},
-                      f, indent=1)
-    return 0
+            json.dump(data, f, indent=1, default=str)
+    return rc
 
 
 if __name__ == "__main__":
