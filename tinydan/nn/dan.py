@@ -175,8 +175,8 @@ class ConvDAN(Module):
         rows = x.shape[0]
         h = ops.reshape(x, (rows, self.side, self.side))            # (rows, s, s*1)
         for i, (c_in, c_out, k, _) in enumerate(self.conv_shapes):
-            h = ops.conv.conv_rows_banded(h, params[2 * i], params[2 * i + 1], k, k, c_in, self.blocks[i])
-            h = ops.leaky_relu(h, self.slope)                       # (rows, s', s'*c_out)
+            h = ops.conv.conv_rows_banded(h, params[2 * i], params[2 * i + 1], k, k, c_in,
+                                          self.blocks[i], self.slope)  # (rows, s', s'*c_out)
         h = ops.conv.max_pool_rows(h, self.pool, self.c_last)            # (rows, p, p*c_last)
         h = ops.reshape(h, (rows, self.flat))
         w0, b0, w1, b1 = params[2 * self.n_convs:]

@@ -20,9 +20,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..autograd import enable_grad, grad, no_grad
 from ..tensor import Op, Tensor, apply, is_grad_enabled, wrap
-from .elementwise import _pair, add
+from .elementwise import _pair, add, mask_mul
 from .linalg import linear, matmul
-from .shape import broadcast_to, concatenate, getitem, pad, reshape, transpose
+from .shape import broadcast_to, concatenate, getitem, pad, reshape, sum_to, transpose
 
 
 def _out_size(n, k, stride):
@@ -241,22 +241,66 @@ def banded_weight(weight: Tensor, block: int) -> Tensor:
     return reshape(flat, (kh * L * c, block * f))
 
 
-def conv_rows_banded(x: Tensor, band: Tensor, bias_row: Tensor | None, kh: int, kw: int,
-                     channels: int, block: int) -> Tensor:
-    """Channels-last convolution with a banded weight (stride 1, no padding).
+def _leaky_mask(out: np.ndarray, slope: float) -> np.ndarray:
+    """d leaky_relu / d input from the OUTPUT's sign (same sign as the input for slope >= 0):
+    1 where out > 0, slope elsewhere; arithmetic, because np.where on a random mask is slow."""
+    mask = (out > 0).astype(out.dtype)
+    mask *= 1 - slope
+    mask += slope
+    return mask
+
+
+class BandedConv(Op):
+    @staticmethod
+    def forward(ctx, x, band, bias_row, kh, win, step, slope):
+        # x (N, H, W*C) -> strips (N*OH*nb, kh*win) @ band (kh*win, block*F) + bias [-> leaky]
+        ctx.saved = (kh, win, step, slope)
+        n, h, wc = x.shape
+        cols = im2col_array(x.reshape(n, 1, h, wc), kh, win, (1, step))
+        out = cols @ band
+        out += bias_row
+        if slope is not None:                 # leaky ReLU in place: max(a, slope * a)
+            np.maximum(out, out * np.asarray(slope, out.dtype), out=out)
+        return out.reshape(n, h - kh + 1, -1)
+
+    @staticmethod
+    def backward(ctx, g):
+        kh, win, step, slope = ctx.saved
+        x, band, bias_row = ctx.inputs
+        nx, nband, nbias = ctx.needs_input_grad
+        n, h, wc = x.shape
+        g2 = reshape(g, (-1, band.shape[1]))                          # (N*OH*nb, block*F)
+        if slope is not None:
+            g2 = mask_mul(g2, _leaky_mask(ctx.data, slope).reshape(g2.shape))
+        gx = gband = gbias = None
+        if nx:
+            gcols = matmul(g2, transpose(band))                         # (N*OH*nb, kh*win)
+            gx = reshape(col2im(gcols, (n, 1, h, wc), kh, win, (1, step)), x.shape)
+        if nband:
+            cols = im2col(reshape(x, (n, 1, h, wc)), kh, win, (1, step))
+            gband = matmul(transpose(cols), g2)
+        if nbias:
+            gbias = sum_to(g2, bias_row.shape)
+        return gx, gband, gbias
+
+
+def conv_rows_banded(x: Tensor, band: Tensor, bias_row: Tensor, kh: int, kw: int,
+                     channels: int, block: int, slope: float | None = None) -> Tensor:
+    """Channels-last convolution with a banded weight (stride 1, no padding), + bias, and a leaky
+    ReLU with ``slope`` if given, in one op (its output's sign is all the backward needs).
 
     x (N, H, W*C) -> (N, OH, OW*F); ``band`` from ``banded_weight(w, block)``, ``bias_row`` the
     bias repeated ``block`` times, (block*F,).
     """
     n, h, wc = x.shape
-    w = wc // channels
-    ow, oh = w - kw + 1, h - kh + 1
+    ow = wc // channels - kw + 1
     if ow % block:
         raise ValueError(f"block {block} must divide the output width {ow}")
     win = (block + kw - 1) * channels
-    cols = im2col(reshape(x, (n, 1, h, wc)), kh, win, stride=(1, block * channels))  # (N*OH*OW/block, kh*win)
-    out = matmul(cols, band) if bias_row is None else linear(cols, band, bias_row)  # (N*OH*OW/block, block*F)
-    return reshape(out, (n, oh, -1))                                                 # (N, OH, OW*F)
+    if band.shape[0] != kh * win:
+        raise ValueError(f"banded weight has {band.shape[0]} rows, a {kh}x{win} strip needs {kh * win}")
+    return apply(BandedConv, x, band, bias_row, kh=kh, win=win, step=block * channels,
+                 slope=None if slope is None else float(slope))
 
 
 def conv2d_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None, block: int | None = None) -> Tensor:
@@ -270,7 +314,9 @@ def conv2d_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None, block: in
         raise ValueError(f"conv2d_rows expects x (N, H, W*{c}), got shape {x.shape}")
     ow = x.shape[2] // c - kw + 1
     block = ow if block is None else int(block)
-    bias_row = None if bias is None else reshape(broadcast_to(bias, (block, f)), (block * f,))
+    if bias is None:
+        bias = wrap(np.zeros(f, dtype=weight.dtype))
+    bias_row = reshape(broadcast_to(bias, (block, f)), (block * f,))
     return conv_rows_banded(x, banded_weight(weight, block), bias_row, kh, kw, c, block)
 
 
@@ -282,13 +328,15 @@ def _shift_slice(ndim: int, axis: int, start: int, length: int) -> tuple:
 
 class ShiftTake(Op):
     @staticmethod
-    def forward(ctx, a, idx, axis, k, step):
+    def forward(ctx, a, idx, axis, k, step, known=None):
         # out[.., o, ..] = a[.., o + idx[.., o, ..] * step, ..] along ``axis``
         ctx.saved = (idx, axis, k, step)
+        if known is not None:               # the caller already gathered it (max_pool_rows)
+            return known
         n_out = a.shape[axis] - (k - 1) * step
-        out = a[_shift_slice(a.ndim, axis, 0, n_out)].copy()
-        for d in range(1, k):
-            np.copyto(out, a[_shift_slice(a.ndim, axis, d * step, n_out)], where=idx == d)
+        out = np.zeros(idx.shape, dtype=a.dtype)
+        for d in range(k):                  # arithmetic selection: no branchy where
+            out += a[_shift_slice(a.ndim, axis, d * step, n_out)] * (idx == d)
         return out
 
     @staticmethod
@@ -307,7 +355,7 @@ class ShiftPut(Op):
         out = np.zeros(shape, dtype=g.dtype)
         n_out = g.shape[axis]
         for d in range(k):
-            out[_shift_slice(g.ndim, axis, d * step, n_out)] += np.where(idx == d, g, 0)
+            out[_shift_slice(g.ndim, axis, d * step, n_out)] += g * (idx == d)
         return out
 
     @staticmethod
@@ -326,17 +374,19 @@ def shift_put(g: Tensor, idx: np.ndarray, axis: int, k: int, step: int, length: 
     return apply(ShiftPut, g, idx=idx, axis=axis, k=k, step=step, length=length)
 
 
-def _window_argmax(a: np.ndarray, axis: int, k: int, step: int) -> np.ndarray:
-    """For each output o along ``axis``, which d < k maximises a[o + d*step] (first on ties); uint8."""
+def _window_argmax(a: np.ndarray, axis: int, k: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(idx, max): which d < k maximises a[o + d*step] for each output o along ``axis`` (uint8,
+    the first on ties) and that maximum."""
     n_out = a.shape[axis] - (k - 1) * step
-    best = a[_shift_slice(a.ndim, axis, 0, n_out)].copy()
-    idx = np.zeros(best.shape, dtype=np.uint8)
-    for d in range(1, k):
-        cand = a[_shift_slice(a.ndim, axis, d * step, n_out)]
-        better = cand > best
-        np.copyto(best, cand, where=better)
-        idx[better] = d
-    return idx
+    shifted = [a[_shift_slice(a.ndim, axis, d * step, n_out)] for d in range(k)]
+    if k == 1:
+        return np.zeros(shifted[0].shape, np.uint8), shifted[0].copy()
+    best = np.maximum(shifted[0], shifted[1])
+    idx = np.greater(shifted[1], shifted[0]).view(np.uint8)
+    for d in range(2, k):                   # d beats every earlier index: idx = max(idx, d * better)
+        np.maximum(idx, np.greater(shifted[d], best).view(np.uint8) * np.uint8(d), out=idx)
+        np.maximum(best, shifted[d], out=best)
+    return idx, best
 
 
 def max_pool_rows(x: Tensor, k: int, channels: int) -> Tensor:
@@ -347,10 +397,10 @@ def max_pool_rows(x: Tensor, k: int, channels: int) -> Tensor:
     """
     if x.ndim != 3 or x.shape[2] % channels:
         raise ValueError(f"max_pool_rows expects x (N, H, W*{channels}), got shape {x.shape}")
-    idx = _window_argmax(x.data, 1, k, 1)
-    rows = shift_take(x, idx, 1, k, 1)                                   # (N, OH, W*C)
-    idx = _window_argmax(rows.data, 2, k, channels)
-    return shift_take(rows, idx, 2, k, channels)                         # (N, OH, OW*C)
+    idx, best = _window_argmax(x.data, 1, k, 1)
+    rows = apply(ShiftTake, x, idx=idx, axis=1, k=k, step=1, known=best)             # (N, OH, W*C)
+    idx, best = _window_argmax(rows.data, 2, k, channels)
+    return apply(ShiftTake, rows, idx=idx, axis=2, k=k, step=channels, known=best)  # (N, OH, OW*C)
 
 
 # ---------------------------------------------------------------------------- checkpointing
