@@ -21,6 +21,17 @@ pytestmark = pytest.mark.autograd
 
 NAMES = list(bench.BENCHMARKS)
 REGRESSION = ("regression_meta_first_order", "regression_meta_one_step", "regression_deploy")
+# the topics a benchmark depends on, as markers (coursework: blanking a topic fails only its tests)
+ON_REGRESSION = [pytest.mark.meta, pytest.mark.dan]
+
+
+def _with_topics(names):
+    out = []
+    for n in names:
+        marks = ON_REGRESSION if n in REGRESSION else \
+            [pytest.mark.conv] if ("conv" in n or "pool" in n) else []
+        out.append(pytest.param(n, marks=marks, id=n))
+    return out
 
 try:            # PyTorch: a reference for the regression benchmarks, never a tinydan dependency
     importlib.import_module("torch")
@@ -51,7 +62,7 @@ def test_registry_has_the_benchmarks_and_targets():
         bench.register("mlp40_b1")(lambda: None)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _with_topics(NAMES))
 def test_each_benchmark_runs_quick_with_finite_times(name):
     r = bench.run_benchmark(name, repeat=1, quick=True)
     assert r.name == name and r.repeat == 1 and r.number == 1
@@ -80,7 +91,7 @@ def _corrupt(a, k):
     return a
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", _with_topics(NAMES))
 def test_check_compares_every_output_and_gradient(name):
     if name in REGRESSION and not HAVE_TORCH:
         pytest.skip("PyTorch is not installed: the regression benchmarks have no reference")
@@ -103,7 +114,7 @@ def test_check_compares_every_output_and_gradient(name):
 
 
 @needs_torch
-@pytest.mark.parametrize("name", REGRESSION)
+@pytest.mark.parametrize("name", _with_topics(REGRESSION))
 def test_regression_check_compares_phi_gradients_and_synapse_updates_with_torch(name):
     case = bench.BENCHMARKS[name].setup()
     assert case.reference_name.startswith("torch")
@@ -129,6 +140,8 @@ def test_regression_check_compares_phi_gradients_and_synapse_updates_with_torch(
 
 
 @needs_torch
+@pytest.mark.meta
+@pytest.mark.dan
 def test_regression_torch_mismatch_fails_loudly(monkeypatch):
     """A wrong phi gradient on the torch side stops the benchmark before anything is timed."""
     orig = bench.BENCHMARKS["regression_meta_first_order"]
@@ -151,6 +164,8 @@ def test_regression_torch_mismatch_fails_loudly(monkeypatch):
 
 
 @needs_torch
+@pytest.mark.meta
+@pytest.mark.dan
 def test_regression_check_tells_first_order_from_one_step():
     """The one-step meta-gradient (through the inner update) is not the first-order one: the
     check is sharp enough to see the second-order term."""
@@ -161,6 +176,8 @@ def test_regression_check_tells_first_order_from_one_step():
         bench.compare("mixed", got, ref, fo.rtol, fo.atol)
 
 
+@pytest.mark.meta
+@pytest.mark.dan
 def test_regression_without_torch_times_tinydan_alone(no_torch, capsys):
     case = bench.BENCHMARKS["regression_deploy"].setup()
     assert case.reference is None and "torch not installed" in case.notes
@@ -187,6 +204,8 @@ def test_time_pair_times_one_side_without_a_reference():
 
 
 @needs_torch
+@pytest.mark.meta
+@pytest.mark.dan
 def test_cli_regression_prints_published_numbers_and_profile(capsys):
     assert bench.main(["--only", "regression_deploy", "--quick", "--repeat", "1",
                        "--threads", "0", "--profile"]) == 0

@@ -351,26 +351,8 @@ def run_benchmark(name: str, repeat: int | None = None, quick: bool = False) -> 
 # ---------------------------------------------------------------------------- machine facts
 def _openblas_threads_ctypes() -> list[tuple[str, int]]:
     """Threads of every OpenBLAS loaded in this process (Linux, via /proc/self/maps and ctypes)."""
-    found = []
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({line.split()[-1] for line in f
-                           if "openblas" in line.split()[-1].lower() and ".so" in line.split()[-1]})
-    except OSError:
-        return found
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for sym in ("openblas_get_num_threads", "openblas_get_num_threads64_",
-                    "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads"):
-            fn = getattr(lib, sym, None)
-            if fn is not None:
-                fn.restype = ctypes.c_int
-                found.append((os.path.basename(path), int(fn())))
-                break
-    return found
+    from .parallel import blas_threads
+    return blas_threads()
 
 
 def _git_revision() -> str | None:

@@ -18,7 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-__all__ = ["Workers", "usable_cores", "set_blas_threads"]
+__all__ = ["Workers", "usable_cores", "set_blas_threads", "blas_threads"]
 
 
 def usable_cores() -> int:
@@ -75,6 +75,43 @@ class Workers:
         self.close()
 
 
+def _openblas_libraries() -> list:
+    """(file name, ctypes library) of every OpenBLAS loaded in this process (Linux /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f
+                            if "openblas" in line.split()[-1].lower() and ".so" in line.split()[-1]})
+    except OSError:
+        return []
+    libs = []
+    for path in paths:
+        try:
+            libs.append((os.path.basename(path), ctypes.CDLL(path)))
+        except OSError:
+            continue
+    return libs
+
+
+def _blas_symbol(lib, verb: str):
+    for sym in (f"openblas_{verb}_num_threads", f"openblas_{verb}_num_threads64_",
+                f"scipy_openblas_{verb}_num_threads64_", f"scipy_openblas_{verb}_num_threads"):
+        fn = getattr(lib, sym, None)
+        if fn is not None:
+            return fn
+    return None
+
+
+def blas_threads() -> list[tuple[str, int]]:
+    """(library, threads) for every OpenBLAS loaded in this process."""
+    out = []
+    for name, lib in _openblas_libraries():
+        fn = _blas_symbol(lib, "get")
+        if fn is not None:
+            fn.restype = ctypes.c_int
+            out.append((name, int(fn())))
+    return out
+
+
 def set_blas_threads(n: int) -> list[str]:
     """Set the thread count of every OpenBLAS loaded in this process (Linux); returns the libraries.
 
@@ -84,22 +121,9 @@ def set_blas_threads(n: int) -> list[str]:
     os.environ.update({v: str(n) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                            "MKL_NUM_THREADS")})     # for child processes
     done = []
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({line.split()[-1] for line in f
-                           if "openblas" in line.split()[-1].lower() and ".so" in line.split()[-1]})
-    except OSError:
-        return done
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for sym in ("openblas_set_num_threads", "openblas_set_num_threads64_",
-                    "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
-            fn = getattr(lib, sym, None)
-            if fn is not None:
-                fn(int(n))
-                done.append(os.path.basename(path))
-                break
+    for name, lib in _openblas_libraries():
+        fn = _blas_symbol(lib, "set")
+        if fn is not None:
+            fn(int(n))
+            done.append(name)
     return done
