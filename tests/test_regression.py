@@ -77,6 +77,17 @@ def test_meta_train_checkpoint_round_trip_and_refusals(tmp_path):
         load_phenotype(tmp_path / "bad.npz")
 
 
+def test_save_phenotype_round_trip(tmp_path):
+    from tinydan.regression import save_phenotype
+    cfg = regression_config("tiny", meta_epochs=1)
+    ph = meta_train(cfg, 0, tmp_path / "run", quiet=True, log=lambda *a: None, workers=0)
+    path = save_phenotype(ph, tmp_path / "ph.npz")
+    back = load_phenotype(path)
+    assert back.cfg == cfg and back.meta["command"].startswith("python -m tinydan.regression")
+    for p, q in zip(ph.net.parameters(), back.net.parameters()):
+        assert np.array_equal(p.data, q.data)
+
+
 def test_resume_after_interruption_equals_a_straight_run(tmp_path):
     cfg = regression_config("tiny", meta_epochs=2)
     straight = meta_train(cfg, 1, tmp_path / "a", quiet=True, log=lambda *a: None, workers=0)
@@ -110,7 +121,7 @@ def test_cli_run_writes_results_and_figures(tmp_path):
     for png in ("figure3_predictions.png", "deployment_memory_loss.png", "loss_matrix_net0.png",
                 "meta_training.png"):
         assert (out / png).stat().st_size > 1000
-    assert (out / "checkpoint.npz").exists()
+    assert (out / "checkpoint.npz").exists() and (out / "phenotype.npz").exists()
     # and deploying that checkpoint works
     assert main(["deploy", "--checkpoint", str(out / "checkpoint.npz"), "--out",
                  str(tmp_path / "dep"), "--quiet", "--eval-functions", "3"]) == 0

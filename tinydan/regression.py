@@ -37,7 +37,8 @@ from .optim import Adam
 from .tasks import EVAL_SEED, VAL_SEED, SineFunctions, SineSequence, sample_sines, windows
 from .tensor import Tensor, wrap
 
-__all__ = ["deploy", "meta_train", "load_phenotype", "train_joint", "tune_mlp_lr", "compare",
+__all__ = ["deploy", "meta_train", "load_phenotype", "save_phenotype", "train_joint", "tune_mlp_lr",
+           "compare",
            "main", "SHIPPED_PHENOTYPE", "KIND"]
 
 KIND = "tinydan.regression"
@@ -253,8 +254,19 @@ def meta_train(cfg: RegressionConfig, seed: int, out_dir: Path, resume: bool = F
     trainer.net.load_state_dict(best["phi"])
     meta = {"kind": KIND, "config": cfg.to_dict(), "seed": seed, "best_val": best["val"],
             "best_epoch": best["epoch"], "val_history": val_hist, "history": trainer.history,
-            "meta_train_seconds": time.perf_counter() - t0, "checkpoint": str(ckpt)}
+            "meta_train_seconds": time.perf_counter() - t0, "checkpoint": str(ckpt),
+            "command": _command()}
     return Phenotype(cfg, trainer.net, trainer.theta0, meta)
+
+
+def save_phenotype(ph: Phenotype, path) -> Path:
+    """A small deployable checkpoint: the (best) phi, theta_0, the config and the provenance."""
+    arrays = {f"phi.{k}": v for k, v in ph.net.state_dict().items()}
+    arrays.update({f"theta0.{k}": np.asarray(v) for k, v in ph.theta0.items()})
+    keep = ("seed", "best_val", "best_epoch", "val_history", "history", "meta_train_seconds",
+            "command")
+    meta = {"kind": KIND, "config": ph.cfg.to_dict(), **{k: ph.meta[k] for k in keep if k in ph.meta}}
+    return save_checkpoint(Path(path), arrays, meta, compress=True)
 
 
 def load_phenotype(path, cfg: RegressionConfig | None = None) -> Phenotype:
@@ -496,8 +508,10 @@ def main(argv=None) -> int:
         print(f"config {cfg.name!r}: output {cfg.output}, meta-gradient {cfg.meta_grad}, synapse lr "
               f"{cfg.inner_lr}, phi lr {cfg.meta_lr}, {cfg.meta_epochs} meta-epochs; writing to {out}")
         ph = meta_train(cfg, a.seed, out, resume=a.resume, quiet=a.quiet)
+        save_phenotype(ph, out / "phenotype.npz")
         print(f"meta-training done in {ph.meta['meta_train_seconds']:.0f} s; best validation MSE "
-              f"{ph.meta['best_val']:.4f} at meta-epoch {ph.meta['best_epoch']}")
+              f"{ph.meta['best_val']:.4f} at meta-epoch {ph.meta['best_epoch']}; deployable "
+              f"phenotype in {out / 'phenotype.npz'}")
         if a.command == "run":
             res = compare(ph, out, n_functions=a.eval_functions, seed=a.seed, quiet=a.quiet)
             m = res["models"]
