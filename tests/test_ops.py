@@ -99,6 +99,7 @@ def test_shape_ops_second_order(name):
 
 
 @pytest.mark.parametrize("sa,sb", [((3, 4), (4, 2)), ((2, 3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 2)),
+                                   ((3, 1), (1, 4)), ((2, 3, 1), (1, 4)), ((1, 1, 1), (2, 1, 5)),
                                    ((4,), (4, 3)), ((3, 4), (4,)), ((4,), (4,))], ids=str)
 def test_matmul_batched_second_order(sa, sb):
     check_grad(lambda a, b: td.tanh(a @ b), r(*sa), r(*sb), order=2)

@@ -44,6 +44,13 @@ class RegressionConfig:
     joint_epochs: int = 300
     init: str = "glorot"               # phi and theta_0: "glorot" (+ LeCun-normal synapses) or
                                        # "fan_in_uniform" (PyTorch's nn.Linear default for both)
+    # Fields for the authors' notebook (config `authors`); the defaults change nothing.
+    synapse_init: str = "auto"         # theta_0 only: "auto" (follow `init`) or "xavier_uniform"
+    vec_activation: str = "none"       # "tanh": tanh after every VEC sum, before the DANs
+    inner_optimizer: str = "sgd"       # synapses in the inner loop and at deployment: "sgd"/"adam"
+    meta_updates: int = 1              # phi updates after each inner step (authors: 50)
+    target: str = "paper"              # target family: "paper" (SPEC 3) or "authors" (see tasks)
+    target_noise: float = 0.0          # training targets get N(0, (noise * range of f)^2) noise
 
     def __post_init__(self):
         if self.sharing not in SHARINGS:
@@ -54,11 +61,23 @@ class RegressionConfig:
             raise ValueError(f"init must be 'glorot' or 'fan_in_uniform', got {self.init!r}")
         if self.meta_grad not in ("first_order", "one_step"):
             raise ValueError(f"meta_grad must be 'first_order' or 'one_step', got {self.meta_grad!r}")
+        for name, allowed in (("synapse_init", ("auto", "xavier_uniform")),
+                              ("vec_activation", ("none", "tanh")),
+                              ("inner_optimizer", ("sgd", "adam")),
+                              ("target", ("paper", "authors"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.inner_optimizer == "adam" and self.meta_grad == "one_step":
+            raise ValueError("meta_grad 'one_step' differentiates through an SGD step of the "
+                             "synapses; with inner_optimizer 'adam' use 'first_order'")
+        if not self.target_noise >= 0:
+            raise ValueError(f"target_noise must be >= 0, got {self.target_noise}")
         for name in ("inner_lr", "meta_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("n_channels", "n_windows", "steps_per_window", "inner_batch", "meta_batch",
-                     "population", "meta_epochs", "val_every", "val_functions", "eval_functions", "joint_epochs"):
+                     "population", "meta_epochs", "val_every", "val_functions", "eval_functions", "joint_epochs",
+                     "meta_updates"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -87,12 +106,26 @@ REGRESSION_CONFIGS = {
     "paper": RegressionConfig(name="paper"),
     # What works within the time budget (see README, "How the default was chosen").
     "default": RegressionConfig(name="default", output="linear", inner_lr=0.01, meta_lr=1e-4,
-                                meta_grad="first_order", meta_epochs=250, init="fan_in_uniform"),
+                                meta_grad="first_order", meta_epochs=200, init="fan_in_uniform"),
     # A few-second config for tests and lessons.
     "tiny": RegressionConfig(name="tiny", nodes=(1, 8, 8, 1), n_channels=6, dan_hidden=(5, 4),
                              output="linear", inner_lr=0.01, meta_lr=1e-3, steps_per_window=10,
                              meta_batch=8, meta_epochs=3, val_every=1, val_functions=4,
                              eval_functions=6, joint_epochs=20),
+    # The authors' public notebook (SPEC section 3, "Config `authors`"): Adam at lr 0.01 for both
+    # theta and phi, population 3, 10 inner steps of 5 points per window, 50 meta-updates after
+    # every inner step, meta-batches of 20 points from the whole function, output 5 * tanh(DAN),
+    # tanh after every VEC sum, skips between every pair of non-adjacent layers, Xavier-uniform
+    # synapses (phi as PyTorch's nn.Linear default), the authors' targets with 3% noise. One
+    # meta-epoch is 50 inner steps x 50 meta-updates = 2500 phi updates (5 of `default`'s).
+    "authors": RegressionConfig(name="authors", output="scaled_tanh", output_scale=5.0,
+                                skips=((0, 2), (0, 3), (1, 3)), steps_per_window=10, inner_batch=5,
+                                meta_batch=20, meta_loss="memory+transfer", population=3,
+                                inner_lr=0.01, meta_lr=0.01, inner_optimizer="adam",
+                                meta_optimizer="adam", meta_grad="first_order", meta_updates=50,
+                                meta_epochs=50, val_every=5, init="fan_in_uniform",
+                                synapse_init="xavier_uniform", vec_activation="tanh",
+                                target="authors", target_noise=0.03),
 }
 
 
@@ -117,10 +150,13 @@ def build_regression_net(cfg: RegressionConfig, rng: np.random.Generator | None 
                       dtype=dtype, init=cfg.init)
 
     linear = cfg.output == "linear"
+    synapse_init = cfg.synapse_init if cfg.synapse_init != "auto" else \
+        ("lecun" if cfg.init == "glorot" else "fan_in_uniform")
     return DANNetwork(cfg.nodes, cfg.n_channels, make_dan, sharing=sharing or cfg.sharing,
                       skips=cfg.skips, final_activation=not linear,
                       output_scale=None if linear else cfg.output_scale,
-                      synapse_init="lecun" if cfg.init == "glorot" else "fan_in_uniform")
+                      synapse_init=synapse_init,
+                      vec_activation=None if cfg.vec_activation == "none" else cfg.vec_activation)
 
 
 class PlainMLP:

@@ -19,6 +19,10 @@ def _mT_array(x):
 
 
 def _matmul_forward(a, b):
+    if a.shape[-1] == 1 and b.shape[-2] == 1:
+        # an outer product (k = 1): a broadcast multiply is several times faster than BLAS here,
+        # and it is every batch-1 synapse gradient and every VEC from a 1-node layer
+        return np.multiply(a, b)
     try:
         return np.matmul(a, b)
     except ValueError:
