@@ -30,11 +30,12 @@ from . import __version__
 from .autograd import no_grad
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .continual import format_ci, results_table, summarize, to_jsonable
-from .meta import MetaTrainer, deploy_step, task_loss
+from .meta import MetaTrainer, SynapseAdam, deploy_step, task_loss
 from .models import (REGRESSION_CONFIGS, PlainMLP, RegressionConfig, build_regression_net,
                      regression_config)
 from .optim import Adam
-from .tasks import EVAL_SEED, VAL_SEED, SineFunctions, SineSequence, sample_sines, windows
+from .tasks import (EVAL_SEED, VAL_SEED, SineFunctions, SineSequence, sample_functions,
+                    sample_sines, windows)
 from .tensor import Tensor, wrap
 
 __all__ = ["deploy", "meta_train", "load_phenotype", "save_phenotype", "train_joint", "tune_mlp_lr",
@@ -67,13 +68,15 @@ def _replicate(theta0: dict, n: int) -> dict:
 
 
 def deploy(net, theta0: dict, functions: SineFunctions, cfg: RegressionConfig, lr: float | None = None,
-           seed: int = 0, record: bool = False) -> dict:
+           seed: int = 0, record: bool = False, optimizer: str | None = None) -> dict:
     """Learn every function window by window with SGD on the synapses (phi fixed).
 
     Returns R (F, T, T) with R[f, i, j] = MSE on window j of function f after window i, and with
     ``record`` the predictions (F, T, T*200) on the evaluation grid after each window.
+    ``optimizer`` (default ``cfg.inner_optimizer``): "sgd", or "adam" (config ``authors``).
     """
     lr = cfg.inner_lr if lr is None else lr
+    adam = SynapseAdam(lr) if (optimizer or cfg.inner_optimizer) == "adam" else None
     F, T = len(functions), cfg.n_windows
     seq = SineSequence(functions, np.random.default_rng([seed, 7]), steps=cfg.steps_per_window,
                        batch=cfg.inner_batch, n_windows=T, meta_batch_size=cfg.meta_batch)
@@ -83,7 +86,7 @@ def deploy(net, theta0: dict, functions: SineFunctions, cfg: RegressionConfig, l
     preds = np.zeros((F, T, T * EVAL_POINTS), dtype=np.float32) if record else None
     with np.errstate(over="ignore", invalid="ignore"):   # a diverging baseline is scored, not fatal
         for step, (x, y) in enumerate(seq.inner_batches()):
-            theta, _ = deploy_step(net, theta, x, y, lr)
+            theta, _ = adam.deploy_step(net, theta, x, y) if adam else deploy_step(net, theta, x, y, lr)
             if (step + 1) % cfg.steps_per_window != 0:
                 continue
             w = step // cfg.steps_per_window
@@ -130,7 +133,7 @@ def train_joint(mlp: PlainMLP, theta0: dict, functions: SineFunctions, cfg: Regr
 def tune_mlp_lr(mlp: PlainMLP, theta0: dict, cfg: RegressionConfig, grid=(0.001, 0.003, 0.01, 0.03, 0.1),
                 seed: int = 0) -> tuple[float, dict]:
     """The naive baseline's SGD learning rate, chosen on the validation functions (never held-out)."""
-    val = sample_sines(np.random.default_rng(VAL_SEED), cfg.val_functions)
+    val = sample_functions(cfg, np.random.default_rng(VAL_SEED), cfg.val_functions, "val")
     scores = {lr: float(np.median(deploy(mlp, theta0, val, cfg, lr=lr, seed=seed)["R"][:, -1].mean(-1)))
               for lr in grid}
     return min(scores, key=scores.get), scores
@@ -138,7 +141,7 @@ def tune_mlp_lr(mlp: PlainMLP, theta0: dict, cfg: RegressionConfig, grid=(0.001,
 
 def validate(net, theta0: dict, cfg: RegressionConfig, seed: int = 0) -> float:
     """Mean final whole-function MSE on the validation functions (checkpoint selection)."""
-    val = sample_sines(np.random.default_rng(VAL_SEED), cfg.val_functions)
+    val = sample_functions(cfg, np.random.default_rng(VAL_SEED), cfg.val_functions, "val")
     return float(deploy(net, theta0, val, cfg, seed=seed)["R"][:, -1].mean())
 
 
@@ -157,7 +160,7 @@ class Phenotype:
 
 def _sampler(cfg: RegressionConfig):
     def sample(rng):
-        return SineSequence(sample_sines(rng, cfg.population), rng, steps=cfg.steps_per_window,
+        return SineSequence(sample_functions(cfg, rng, cfg.population), rng, steps=cfg.steps_per_window,
                             batch=cfg.inner_batch, n_windows=cfg.n_windows,
                             meta_batch_size=cfg.meta_batch, meta_loss=cfg.meta_loss)
     return sample
@@ -180,7 +183,8 @@ def new_trainer(cfg: RegressionConfig, seed: int) -> MetaTrainer:
     net = build_regression_net(cfg, rng)
     theta0 = net.init_synapses(cfg.population, rng)
     return MetaTrainer(net, theta0, _sampler(cfg), cfg.inner_lr, cfg.meta_lr, cfg.meta_grad,
-                       cfg.meta_optimizer, seed=seed)
+                       cfg.meta_optimizer, seed=seed, inner_optimizer=cfg.inner_optimizer,
+                       meta_updates=cfg.meta_updates)
 
 
 def _validate_job(cfg_dict: dict, phi: dict, theta0: dict, seed: int) -> float:
@@ -320,7 +324,7 @@ def compare(ph: Phenotype, out_dir: Path, n_functions: int | None = None, seed: 
     n = cfg.eval_functions if n_functions is None else n_functions
     if n < 2:
         raise ValueError(f"need at least 2 held-out functions for confidence intervals, got {n}")
-    held_out = sample_sines(np.random.default_rng(EVAL_SEED), n)
+    held_out = sample_functions(cfg, np.random.default_rng(EVAL_SEED), n, "test")
     out_dir.mkdir(parents=True, exist_ok=True)
     timings, runs = {}, {}
     steps = ["net0", "net2", "naive MLP", "joint MLP"]
@@ -457,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--inner-lr", type=_positive_float, help="synapse SGD learning rate")
             sp.add_argument("--meta-lr", type=_positive_float, help="phi Adam learning rate")
             sp.add_argument("--output", choices=["scaled_tanh", "linear"], help="output option")
+            sp.add_argument("--init", choices=["glorot", "fan_in_uniform"],
+                            help="initialisation of phi and theta_0 (default from the config)")
+            sp.add_argument("--val-every", type=_positive_int,
+                            help="validate a phi snapshot every N meta-epochs (default 10)")
             sp.add_argument("--resume", action="store_true",
                             help="continue from OUT/checkpoint.npz (needs --out)")
 
@@ -473,7 +481,8 @@ def _config_from_args(a) -> RegressionConfig:
     over = {}
     for field_name, arg in (("meta_grad", a.meta_grad), ("meta_epochs", a.epochs),
                             ("inner_lr", a.inner_lr), ("meta_lr", a.meta_lr), ("output", a.output),
-                            ("eval_functions", a.eval_functions)):
+                            ("eval_functions", a.eval_functions), ("init", a.init),
+                            ("val_every", a.val_every)):
         if arg is not None:
             over[field_name] = arg
     return regression_config(a.config, **over)
