@@ -16,6 +16,11 @@ Two meta-gradients (SPEC section 2):
 * ``first_order``: theta_{t+1} is held constant; only phi's direct effect on the meta-loss counts.
 * ``one_step``: differentiate through the inner update too. theta_{t+1} depends on phi through
   grad_theta L_task, so this is a gradient of a gradient (``create_graph=True``).
+
+The authors' notebook (config ``authors``) differs in two ways that ``MetaTrainer`` also runs:
+the synapses learn with Adam instead of SGD (``inner_optimizer="adam"``, ``SynapseAdam``; first
+order only), and phi takes ``meta_updates`` steps after every inner step, each on a fresh
+meta-batch at the same theta_{t+1}.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from .optim import Adam, SGD
 from .tensor import Tensor, wrap
 
 __all__ = ["META_GRADS", "task_loss", "inner_step", "meta_step", "MetaTrainer", "TaskSequence",
-           "deploy_step"]
+           "deploy_step", "meta_gradient", "SynapseAdam"]
 
 META_GRADS = ("first_order", "one_step")
 
@@ -113,12 +118,70 @@ def meta_step(net: DANNetwork, theta: dict, x_task, y_task, x_meta, y_meta, inne
     # END SOLUTION
 
 
+def meta_gradient(net: DANNetwork, theta1: dict, x_meta, y_meta, phi: list | None = None):
+    """First-order meta-gradient at fixed synapses: (grad_phi L_meta(theta1, phi), L_meta).
+
+    L_meta is the mean over members of each member's MSE on its meta-batch (as in meta_step).
+    """
+    phi = net.parameters() if phi is None else phi
+    const = {k: wrap(v.data if isinstance(v, Tensor) else v) for k, v in theta1.items()}
+    meta_loss = ops.mse_loss(net(_t(x_meta), const), _t(y_meta))
+    return grad(meta_loss, phi, allow_unused=True), float(meta_loss.data)
+
+
+class SynapseAdam:
+    """Adam on the synapses (the authors' inner optimizer), one state per population member.
+
+    Adam is elementwise, so with the population axis every member (or deployed function) keeps
+    its own moments: m <- b1 m + (1-b1) g, v <- b2 v + (1-b2) g^2,
+    theta <- theta - lr * m_hat / (sqrt(v_hat) + eps). ``step`` returns NEW leaves (no graph).
+    """
+
+    def __init__(self, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        if not lr > 0:
+            raise ValueError(f"learning rate must be > 0, got {lr}")
+        self.lr, self.eps = float(lr), float(eps)
+        self.b1, self.b2 = (float(b) for b in betas)
+        self.t, self.m, self.v = 0, {}, {}
+
+    def step(self, theta: dict, grads) -> dict:
+        """theta' (new leaves) from theta and grads (a list in theta's key order, or a dict)."""
+        if not isinstance(grads, dict):
+            grads = dict(zip(theta, grads))
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        new = {}
+        for k, p in theta.items():
+            data = p.data if isinstance(p, Tensor) else np.asarray(p)
+            g = grads[k].data if isinstance(grads[k], Tensor) else np.asarray(grads[k])
+            if k not in self.m:
+                self.m[k], self.v[k] = np.zeros_like(data), np.zeros_like(data)
+            self.m[k] = self.b1 * self.m[k] + (1 - self.b1) * g
+            self.v[k] = self.b2 * self.v[k] + (1 - self.b2) * (g * g)
+            upd = self.lr * (self.m[k] / c1) / (np.sqrt(self.v[k] / c2) + self.eps)
+            new[k] = Tensor((data - upd).astype(data.dtype, copy=False), requires_grad=True)
+        return new
+
+    def deploy_step(self, net: DANNetwork, theta: dict, x, y) -> tuple[dict, float]:
+        """One deployment Adam step on the synapses with phi fixed; returns (theta', loss)."""
+        loss = task_loss(net, theta, _t(x), _t(y))
+        grads = grad(loss, list(theta.values()))
+        return self.step(theta, grads), float(loss.data) / x.shape[0]
+
+
 @dataclass
 class MetaTrainer:
     """Runs Algorithm 1: meta-epochs of (inner step, meta step) pairs over sampled task sequences.
 
     ``sample`` draws one TaskSequence for the whole population from a Generator. ``theta0`` is the
-    synapse initialisation every member restarts from at each meta-epoch.
+    synapse initialisation every member restarts from at each meta-epoch. ``net`` may be any
+    object with ``parameters()`` (phi) and ``net(x, synapses)`` (e.g. a network of warp layers).
+
+    ``inner_optimizer="adam"`` (first order only) learns the synapses with ``SynapseAdam`` (state
+    reset with theta at each meta-epoch); ``meta_updates=k`` takes k phi steps after every inner
+    step, each on a fresh meta-batch at theta_{t+1} (one_step: each one re-differentiates the inner
+    step from theta_t under the current phi, and the synapses move on with the last). The epoch's
+    meta-loss is that of the first meta-batch after each inner step.
     """
 
     net: DANNetwork
@@ -131,6 +194,8 @@ class MetaTrainer:
     seed: int = 0
     epoch: int = 0
     history: dict = field(default_factory=lambda: {"epoch": [], "task_loss": [], "meta_loss": []})
+    inner_optimizer: str = "sgd"
+    meta_updates: int = 1
 
     def __post_init__(self):
         if self.meta_grad not in META_GRADS:
@@ -141,6 +206,13 @@ class MetaTrainer:
         opt = Adam if self.meta_optimizer == "adam" else SGD
         self.optimizer = opt(self.phi, lr=self.meta_lr)
         self.rng = np.random.default_rng([self.seed, 1])
+        if self.inner_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {self.inner_optimizer!r}")
+        if self.inner_optimizer == "adam" and self.meta_grad == "one_step":
+            raise ValueError("meta_grad 'one_step' differentiates through an SGD step; with "
+                             "inner_optimizer 'adam' use 'first_order'")
+        if int(self.meta_updates) < 1:
+            raise ValueError(f"meta_updates must be >= 1, got {self.meta_updates}")
 
     def run_epoch(self, progress=None) -> dict:
         """One meta-epoch: reset theta to theta_0, a new task sequence per member, then for every
@@ -148,11 +220,16 @@ class MetaTrainer:
         seq = self.sample(self.rng)
         theta = _as_leaves(self.theta0)
         task_losses, meta_losses = [], []
+        general = self.inner_optimizer != "sgd" or self.meta_updates != 1
+        adam = SynapseAdam(self.inner_lr) if self.inner_optimizer == "adam" else None
         for x, y in seq.inner_batches():
-            xm, ym = seq.meta_batch(self.rng)
-            theta, gphi, lt, lm = meta_step(self.net, theta, x, y, xm, ym, self.inner_lr,
-                                            self.meta_grad, self.phi)
-            self.optimizer.step(gphi)
+            if general:
+                theta, lt, lm = self._general_step(seq, theta, x, y, adam)
+            else:
+                xm, ym = seq.meta_batch(self.rng)
+                theta, gphi, lt, lm = meta_step(self.net, theta, x, y, xm, ym, self.inner_lr,
+                                                self.meta_grad, self.phi)
+                self.optimizer.step(gphi)
             task_losses.append(lt)
             meta_losses.append(lm)
             if progress is not None:
@@ -167,6 +244,24 @@ class MetaTrainer:
                                      f"{self.epoch}; lower the learning rates (inner {self.inner_lr}, "
                                      f"meta {self.meta_lr})")
         return out
+
+    def _general_step(self, seq, theta, x, y, adam):
+        """Inner step (SGD or Adam) and ``meta_updates`` phi updates; returns (theta', L_task, L_meta)."""
+        first = None
+        if adam is not None:                       # first order: theta_{t+1} is plain numbers
+            loss = task_loss(self.net, theta, _t(x), _t(y))
+            theta1 = adam.step(theta, grad(loss, list(theta.values())))
+            lt = float(loss.data) / x.shape[0]
+        for k in range(int(self.meta_updates)):
+            xm, ym = seq.meta_batch(self.rng)
+            if adam is None and (k == 0 or self.meta_grad == "one_step"):
+                theta1, gphi, lt, lm = meta_step(self.net, theta, x, y, xm, ym, self.inner_lr,
+                                                 self.meta_grad, self.phi)
+            else:
+                gphi, lm = meta_gradient(self.net, theta1, xm, ym, self.phi)
+            self.optimizer.step(gphi)
+            first = lm if first is None else first
+        return theta1, lt, first
 
     # ---------------------------------------------------------------- checkpoint support
     def state_arrays(self) -> dict[str, np.ndarray]:

@@ -246,9 +246,15 @@ class DANNetwork(Module):
     def __init__(self, nodes: Sequence[int], n_channels: int, make_dan: Callable[..., Module],
                  sharing: str = "global", skips: Sequence[tuple[int, int]] = (),
                  final_activation: bool = True, output_scale: float | None = None,
-                 input_layer: Module | None = None, synapse_init: str = "lecun"):
-        """``synapse_init``: "lecun" (weights N(0, 1/fan_in), zero biases) or "fan_in_uniform"
-        (weights and biases U(+-1/sqrt(fan_in)), PyTorch's nn.Linear default)."""
+                 input_layer: Module | None = None, synapse_init: str = "lecun",
+                 vec_activation: str | None = None):
+        """``synapse_init``: "lecun" (weights N(0, 1/fan_in), zero biases), "fan_in_uniform"
+        (weights and biases U(+-1/sqrt(fan_in)), PyTorch's nn.Linear default) or "xavier_uniform"
+        (every VEC and skip weight Glorot-uniform with its own fans, n_in and n_out*C, as
+        torch.nn.init.xavier_uniform_ on each nn.Linear; zero biases).
+
+        ``vec_activation`` (e.g. "tanh", the authors' notebook): applied to every DAN layer's input
+        after the VEC sum (VEC + skips), before the DANs; None (default) applies nothing."""
         super().__init__()
         if sharing not in SHARINGS:
             raise ValueError(f"sharing must be one of {SHARINGS}, got {sharing!r}")
@@ -263,9 +269,12 @@ class DANNetwork(Module):
                 raise ValueError(f"skip ({j}, {k}) must jump over at least one layer of {self.nodes}")
         self.final_activation = bool(final_activation)
         self.output_scale = output_scale
-        if synapse_init not in ("lecun", "fan_in_uniform"):
-            raise ValueError(f"synapse_init must be 'lecun' or 'fan_in_uniform', got {synapse_init!r}")
+        if synapse_init not in ("lecun", "fan_in_uniform", "xavier_uniform"):
+            raise ValueError(f"synapse_init must be 'lecun', 'fan_in_uniform' or 'xavier_uniform', "
+                             f"got {synapse_init!r}")
         self.synapse_init = synapse_init
+        self.vec_activation = vec_activation
+        self._vec_act = None if vec_activation is None else _activation(vec_activation)
         if input_layer is not None:
             self.input_layer = input_layer
         else:
@@ -306,6 +315,8 @@ class DANNetwork(Module):
                 else int(name[3:].split(".")[0]) + 1
             if self.synapse_init == "fan_in_uniform":
                 w = fan_in_uniform(rng, (n,) + shape, fan[target], dtype)
+            elif self.synapse_init == "xavier_uniform" and not name.endswith("bias"):
+                w = glorot_uniform(rng, (n,) + shape, shape[0], shape[1], dtype)
             elif name.endswith("bias"):
                 w = np.zeros((n,) + shape, dtype=dtype)
             else:
@@ -337,6 +348,8 @@ class DANNetwork(Module):
             for j, k in self.skips:
                 if k == l:
                     z = ops.add(z, vec(acts[j], synapses[f"skip{j}_{k}.weight"]))
+            if self._vec_act is not None:
+                z = self._vec_act(z)
             z = ops.reshape(z, (P * B, self.nodes[l], C))          # one row of C per DAN
             a = self.dan_for_layer(l)(z, final_activation=(l < L or self.final_activation))
             acts.append(ops.reshape(a, (P, B, self.nodes[l])))
