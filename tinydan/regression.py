@@ -437,14 +437,14 @@ def _positive_float(s):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI: run (default), meta-train, deploy."""
+    """The CLI: run (default), meta-train, deploy, ablate, report."""
     p = argparse.ArgumentParser(
         prog="python -m tinydan.regression",
         description="Incremental sine regression with Deep Artificial Neurons (paper sections "
                     "3.1, 4.1, 6.1). With no command: meta-train the `default` config, deploy it on "
                     "held-out functions, compare with random DANs and plain MLPs, write results.json "
                     "and figures.")
-    sub = p.add_subparsers(dest="command", metavar="{run,meta-train,deploy}")
+    sub = p.add_subparsers(dest="command", metavar="{run,meta-train,deploy,ablate,report}")
 
     def common(sp, training=True):
         sp.add_argument("--out", type=Path, help="output folder (default runs/regression-<time>)")
@@ -474,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(dp, training=False)
     dp.add_argument("--checkpoint", type=Path, default=None,
                     help=f"checkpoint to deploy (default: the shipped phenotype {SHIPPED_PHENOTYPE.name})")
+    from .ablations import add_ablate_arguments, add_report_arguments
+    add_ablate_arguments(sub.add_parser(
+        "ablate", help="ablation studies (Figure 4) and continual-learning baselines; resumable"),
+        _positive_int, _positive_float)
+    add_report_arguments(sub.add_parser(
+        "report", help="collect finished runs and ablations into one Markdown file"))
     return p
 
 
@@ -497,6 +503,12 @@ def main(argv=None) -> int:
     a = parser.parse_args(argv)
     from .parallel import set_blas_threads
     set_blas_threads(1)       # small matmuls: one BLAS thread each, the second core validates
+    if a.command in ("ablate", "report"):
+        from . import ablations
+        if a.command == "report":
+            return ablations.report_main(a, parser)
+        return ablations.ablate_main(a, parser, "python -m tinydan.regression " +
+                                     " ".join(shlex.quote(x) for x in argv))
     if a.command == "run" and not argv:
         a.command = "run"
     out = a.out or Path("runs") / f"regression-{datetime.now():%Y%m%d-%H%M%S}"
