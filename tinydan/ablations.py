@@ -623,22 +623,23 @@ def _aggregate_curves(study, cfg, sizes, done, out):
         s = summarize(R)
         last = [r["epoch_meta_loss"][-1] for r in runs]
         lm, lh = mean_ci(last) if len(last) > 1 else (last[0], None)
-        curves = np.array([r["block_meta_loss"] for r in runs])
-        steps = (np.arange(curves.shape[1]) + 1) * runs[0]["steps_per_block"]
+        curves = np.array([r["epoch_meta_loss"] for r in runs])          # (seeds, epochs)
+        steps = np.arange(curves.shape[1]) + 1
         history[label] = (steps, curves)
         summaries[label] = dict(s, last_epoch_meta_loss={"mean": lm, "ci": lh},
                                 cpu_seconds_per_epoch=float(np.mean([r["cpu_seconds_per_epoch"] for r in runs])),
                                 phi_parameters=runs[0]["phi_parameters"], seeds=len(runs),
                                 per_seed_final=[float(np.mean(np.asarray(r["R"])[:, -1])) for r in runs],
-                                curve={"steps": steps, "values": curves})
+                                curve={"meta_epoch": steps, "values": curves,
+                                       "per_window": [r["block_meta_loss"] for r in runs]})
         rows.append([label, runs[0]["phi_parameters"], len(runs), format_ci(lm, lh),
                      format_ci(s["final"]["mean"], s["final"]["ci"]),
                      f"{summaries[label]['cpu_seconds_per_epoch']:.2f}"])
     path = out / f"meta_training_{study}.png"
     title = ("Figure 4 bottom-left: one phenotype for every DAN, one per layer, one per neuron"
              if study == "sharing" else "Figure 4 bottom-right: channels per VEC")
-    plots.plot_meta_training(history, path, title=title, ylabel=loss_name, logy=True,
-                             xlabel="meta-step (inner steps)")
+    plots.plot_meta_training(history, path, title=title, ylabel=f"{loss_name} (mean per meta-epoch)",
+                             logy=True, xlabel="meta-epoch")
     md = (f"Meta-training of config `{cfg.name}` for {sizes.meta_epochs} meta-epochs, {sizes.seeds} "
           f"seed(s) per variant; {loss_name} during meta-training, then the final phi deployed on "
           f"{_n_eval(cfg, sizes)} held-out functions (final MSE pooled over seeds x functions).\n\n"
@@ -827,8 +828,13 @@ def run_all(cfg: RegressionConfig, out: Path, sizes: StudySizes | None = None, s
 # ---------------------------------------------------------------------------------------------
 def _result_folders(run_dir: Path) -> list:
     """Folders under run_dir (itself, then its sub-folders) holding a results.json to report."""
-    found = []
-    for d in [run_dir] + sorted(p for p in run_dir.iterdir() if p.is_dir()):
+    found, subs = [], sorted(p for p in run_dir.iterdir() if p.is_dir())
+    try:                               # an `all` folder: its studies in their order
+        order = list(json.loads((run_dir / "results.json").read_text()).get("studies", {}))
+        subs.sort(key=lambda p: order.index(p.name) if p.name in order else len(order))
+    except (OSError, ValueError, AttributeError):
+        pass
+    for d in [run_dir] + subs:
         f = d / "results.json"
         if f.is_file():
             try:
