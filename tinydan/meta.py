@@ -74,9 +74,17 @@ def inner_step(net: DANNetwork, theta: dict, x, y, lr: float, create_graph: bool
     if create_graph:           # theta' stays a function of phi (through the gradient)
         new = {k: ops.sub(theta[k], ops.mul(g, lr)) for k, g in zip(names, grads)}
     else:                      # plain numbers: new leaves
-        new = {}
+        new, used = {}, set()
         for k, g in zip(names, grads):
-            t = wrap(theta[k].data - lr * g.data)
+            gd, old = g.data, theta[k].data
+            if gd.flags.owndata and gd.flags.writeable and id(gd) not in used \
+                    and gd.shape == old.shape and gd.dtype == old.dtype:
+                used.add(id(gd))                # a fresh gradient array: update in its buffer
+                gd *= -lr
+                gd += old
+            else:
+                gd = old - lr * gd
+            t = wrap(gd)
             t.requires_grad = True
             new[k] = t
     return new, loss
