@@ -21,7 +21,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..autograd import enable_grad, grad, no_grad
 from ..tensor import Op, Tensor, apply, is_grad_enabled, wrap
 from .elementwise import _pair, add, mask_mul
-from .linalg import linear, matmul
+from .linalg import matmul
 from .shape import broadcast_to, concatenate, getitem, pad, reshape, sum_to, transpose
 
 
@@ -404,19 +404,29 @@ def max_pool_rows(x: Tensor, k: int, channels: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- checkpointing
+def _map_chunks(job, starts, threads: int) -> list:
+    """[job(i) for i in starts], on ``threads`` threads when > 1 (NumPy and BLAS release the GIL)."""
+    if threads <= 1 or len(starts) <= 1:
+        return [job(i) for i in starts]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+        return list(pool.map(job, starts))
+
+
 class CheckpointRows(Op):
     @staticmethod
-    def forward(ctx, x, *params, fn, chunk):
+    def forward(ctx, x, *params, fn, chunk, threads):
         # fn chunk by chunk, recording nothing: only the inputs stay alive for the backward
-        ctx.saved = (fn, chunk)
+        ctx.saved = (fn, chunk, threads)
         with no_grad():
             ps = [wrap(p) for p in params]
-            outs = [fn(wrap(x[i:i + chunk]), ps).data for i in range(0, x.shape[0], chunk)]
+            outs = _map_chunks(lambda i: fn(wrap(x[i:i + chunk]), ps).data,
+                               range(0, x.shape[0], chunk), threads)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     @staticmethod
     def backward(ctx, g):
-        fn, chunk = ctx.saved
+        fn, chunk, threads = ctx.saved
         x, *params = ctx.inputs
         need_x, *need_p = ctx.needs_input_grad
         n = x.shape[0]
@@ -438,38 +448,51 @@ class CheckpointRows(Op):
                             gp[j] = gj if gp[j] is None else add(gp[j], gj)
             gx = (gx_parts[0] if len(gx_parts) == 1 else concatenate(gx_parts)) if need_x else None
             return (gx, *gp)
-        # plain backward: recompute one chunk at a time on fresh leaves, keep only the gradients
+        # plain backward: recompute one chunk at a time on fresh leaves, keep only the gradients.
+        # Recording stays switched on throughout (create_graph=True inside), so that chunks may run
+        # on several threads without one switching it off under another's feet.
         gx = np.empty(x.shape, x.dtype) if need_x else None
-        gp = [np.zeros(p.shape, p.dtype) if nd else None for p, nd in zip(params, need_p)]
         ps = [Tensor(p.data, requires_grad=nd) for p, nd in zip(params, need_p)]
         wanted_p = [p for p, nd in zip(ps, need_p) if nd]
-        for i in range(0, n, chunk):
+
+        def job(i):
             xc = Tensor(x.data[i:i + chunk], requires_grad=need_x)
-            with enable_grad():
-                out = fn(xc, ps)
-            grads = list(grad(out, ([xc] if need_x else []) + wanted_p, wrap(g.data[i:i + chunk]),
-                              allow_unused=True))
+            out = fn(xc, ps)
+            grads = grad(out, ([xc] if need_x else []) + wanted_p, wrap(g.data[i:i + chunk]),
+                         create_graph=True, allow_unused=True)
+            grads = [None if gi is None else gi.data for gi in grads]
             if need_x:
                 gxc = grads.pop(0)
-                gx[i:i + chunk] = 0 if gxc is None else gxc.data
-            for j, nd in enumerate(need_p):
-                if nd:
-                    gj = grads.pop(0)
-                    if gj is not None:
-                        gp[j] += gj.data
-        return (None if gx is None else wrap(gx), *(None if a is None else wrap(a) for a in gp))
+                gx[i:i + chunk] = 0 if gxc is None else gxc
+            return grads
+
+        with enable_grad():
+            parts = _map_chunks(job, range(0, n, chunk), threads)
+        gp, k = [], 0
+        for p, nd in zip(params, need_p):
+            if not nd:
+                gp.append(None)
+                continue
+            acc = np.zeros(p.shape, p.dtype)
+            for part in parts:
+                if part[k] is not None:
+                    acc += part[k]
+            gp.append(wrap(acc))
+            k += 1
+        return (None if gx is None else wrap(gx), *gp)
 
 
-def checkpoint_rows(fn, x: Tensor, params, chunk: int) -> Tensor:
+def checkpoint_rows(fn, x: Tensor, params, chunk: int, threads: int = 1) -> Tensor:
     """fn(x, params) for a row-wise fn, computed ``chunk`` rows at a time, storing no intermediates.
 
     ``fn(x_rows, params) -> out_rows`` must treat every row of x on its own (a layer of DANs does).
     The forward keeps only x and the params; the backward recomputes each chunk and backpropagates
     through it (gradient checkpointing), so memory stays at one chunk's intermediates and the
     arrays stay small enough for the cache. With create_graph the recomputation is recorded, so
-    gradients of gradients work as for the plain composition.
+    gradients of gradients work as for the plain composition. ``threads`` > 1 runs the chunks of
+    the forward and of the plain backward on that many threads (give BLAS one thread each).
     """
     if x.shape[0] == 0:
         raise ValueError("checkpoint_rows needs at least one row")
     params = list(params)
-    return apply(CheckpointRows, x, *params, fn=fn, chunk=max(1, int(chunk)))
+    return apply(CheckpointRows, x, *params, fn=fn, chunk=max(1, int(chunk)), threads=max(1, int(threads)))
