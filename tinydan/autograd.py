@@ -148,7 +148,7 @@ def backward(output: Tensor, gradient=None, create_graph: bool = False) -> None:
             raise RuntimeError(f"backward() on a tensor of shape {output.shape} needs a gradient of "
                                "that shape; reduce it first (e.g. loss.sum().backward()) or pass "
                                "gradient=")
-        gradient = wrap(np.ones_like(output.data))
+        gradient = wrap(np.ones(output.shape, dtype=output.dtype))
     g = _as_grad(gradient, output, "gradient")
     grads = _backprop([output], [g], None, create_graph)
     for t in toposort([output]):
@@ -192,7 +192,7 @@ def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False,
             if o.size != 1:
                 raise RuntimeError(f"grad() of a non-scalar output (shape {o.shape}) needs "
                                    "grad_outputs of that shape")
-            go = wrap(np.ones_like(o.data))
+            go = wrap(np.ones(o.shape, dtype=o.dtype))
         root_grads.append(_as_grad(go, o, f"grad_outputs[{i}]"))
     wanted = {id(x) for x in ins}
     grads = _backprop(outs, root_grads, wanted, create_graph)
