@@ -94,7 +94,8 @@ class StudySizes:
     """How big the studies are (the CLI's ``--sizes`` and per-field options)."""
 
     seeds: int = 3                     # sharing and channels: meta-training seeds per variant
-    meta_epochs: int = 40              # sharing and channels: meta-epochs per run
+    meta_epochs: int | None = None     # sharing and channels: meta-epochs per run (None: a fifth
+                                       # of the config's, 40 for `default`, 6 for `authors`)
     channels: tuple = (1, 5, 10, 20, 40)
     sharings: tuple = SHARINGS
     meta_grad_seeds: int = 2
@@ -108,9 +109,12 @@ class StudySizes:
     warp_epochs: int | None = None     # warp layers: meta-epochs (None: the config's)
 
     def __post_init__(self):
-        for name in ("seeds", "meta_epochs", "meta_grad_seeds", "buffer_size", "replay_batch"):
+        for name in ("seeds", "meta_grad_seeds", "buffer_size", "replay_batch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("meta_epochs", "warp_epochs"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1 (or None), got {getattr(self, name)}")
         if self.eval_functions is not None and self.eval_functions < 2:
             raise ValueError(f"eval_functions must be >= 2 (confidence intervals), got {self.eval_functions}")
         if not self.budget_s > 0:
@@ -160,6 +164,10 @@ def _json(obj) -> str:
 def _normal(obj):
     """obj as it reads back from JSON (tuples -> lists, numpy -> Python)."""
     return json.loads(json.dumps(to_jsonable(obj)))
+
+
+def _study_epochs(cfg: RegressionConfig, sizes: StudySizes) -> int:
+    return max(1, cfg.meta_epochs // 5) if sizes.meta_epochs is None else int(sizes.meta_epochs)
 
 
 def _n_eval(cfg: RegressionConfig, sizes: StudySizes) -> int:
@@ -533,10 +541,11 @@ def _models_cells(cfg, sizes, seed, ref):
 
 def _curve_cells(study, cfg, sizes, seed):
     if study == "sharing":
-        variants = [(s, cfg.replace(sharing=s, meta_epochs=sizes.meta_epochs)) for s in sizes.sharings]
+        variants = [(s, cfg.replace(sharing=s, meta_epochs=_study_epochs(cfg, sizes)))
+                    for s in sizes.sharings]
     else:
         variants = [(f"C{c}", cfg.replace(n_channels=int(c), sharing="global",
-                                          meta_epochs=sizes.meta_epochs)) for c in sizes.channels]
+                                          meta_epochs=_study_epochs(cfg, sizes))) for c in sizes.channels]
     return [Cell(f"{v}-seed{seed + k}", "_cell_meta_curve",
                  {"config": c.to_dict(), "seed": seed + k, "n_eval": _n_eval(cfg, sizes)})
             for v, c in variants for k in range(sizes.seeds)]
@@ -640,7 +649,7 @@ def _aggregate_curves(study, cfg, sizes, done, out):
              if study == "sharing" else "Figure 4 bottom-right: channels per VEC")
     plots.plot_meta_training(history, path, title=title, ylabel=f"{loss_name} (mean per meta-epoch)",
                              logy=True, xlabel="meta-epoch")
-    md = (f"Meta-training of config `{cfg.name}` for {sizes.meta_epochs} meta-epochs, {sizes.seeds} "
+    md = (f"Meta-training of config `{cfg.name}` for {_study_epochs(cfg, sizes)} meta-epochs, {sizes.seeds} "
           f"seed(s) per variant; {loss_name} during meta-training, then the final phi deployed on "
           f"{_n_eval(cfg, sizes)} held-out functions (final MSE pooled over seeds x functions).\n\n"
           + _md_table(["variant", "phi parameters", "seeds", f"last-epoch {loss_name} (95% CI over seeds)",
@@ -914,7 +923,8 @@ def add_ablate_arguments(sp, positive_int, positive_float) -> None:
                          "meta-train the config into OUT/phenotype")
     sp.add_argument("--epochs", type=positive_int, help="meta-epochs of net0's phenotype (config's)")
     sp.add_argument("--seeds", type=positive_int, help="seeds per variant (sharing, channels)")
-    sp.add_argument("--study-epochs", type=positive_int, help="meta-epochs per run (sharing, channels)")
+    sp.add_argument("--study-epochs", type=positive_int,
+                    help="meta-epochs per run (sharing, channels; default a fifth of the config's)")
     sp.add_argument("--channels", type=_number_list, help="n_channels values, e.g. 1,5,10,20,40")
     sp.add_argument("--budget", type=positive_float, help="meta-grad: seconds per arm and seed")
     sp.add_argument("--clock", choices=["cpu", "wall"], help="meta-grad budget clock (default cpu)")

@@ -118,7 +118,8 @@ REGRESSION_CONFIGS = {
     # tanh after every VEC sum, skips between every pair of non-adjacent layers, Xavier-uniform
     # synapses (phi as PyTorch's nn.Linear default), the authors' targets with 3% noise. One
     # meta-epoch is 50 inner steps x 50 meta-updates = 2500 phi updates (about 18 s on one
-    # core, 7 of `default`'s meta-epochs), so 30 meta-epochs cost about what `default`'s meta-training does.
+    # core, 10 of `default`'s meta-epochs), so 30 meta-epochs cost about what `default`'s
+    # meta-training does.
     "authors": RegressionConfig(name="authors", output="scaled_tanh", output_scale=5.0,
                                 skips=((0, 2), (0, 3), (1, 3)), steps_per_window=10, inner_batch=5,
                                 meta_batch=20, meta_loss="memory+transfer", population=3,
