@@ -1,6 +1,5 @@
 """Ablation studies, resume of interrupted studies, the authors config and the report (tiny sizes)."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
