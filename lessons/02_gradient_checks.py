@@ -522,5 +522,5 @@ for args in [(0.3, 1.2, 1.0, -0.5, 0.1), (-1.0, 0.7, 0.4, 2.0, 0.5), (2.0, -1.5,
 print("Exercise 3: correct")
 
 # %% [markdown]
-# **Next:** lesson 3 (coming) builds VEC layers of synapses and layers of DANs that share one
-# phenotype, as one batched call per layer.
+# **Next:** lesson 3 builds VEC layers of synapses and layers of DANs that share one phenotype, as
+# one batched call per layer; lesson 5 runs the one-step meta-gradient on a whole network of DANs.
