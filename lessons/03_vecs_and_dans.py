@@ -837,5 +837,5 @@ print("Exercise 4: correct")
 # with.
 #
 # **Next:** lesson 4 turns convolutions into matrix products and builds the convolutional DAN of
-# the UCIL experiment; lesson 5 (coming) meta-learns the phenotype that lets a network of DANs
+# the UCIL experiment; lesson 5 meta-learns the phenotype that lets a network of DANs
 # learn window after window without forgetting.

@@ -484,5 +484,5 @@ check_grad(lambda a: conv_transpose2d(a, td.tensor(wt.data), (1, 2, 9, 9), 2),
 print("Exercise 3: correct")
 
 # %% [markdown]
-# **Next:** lesson 5 (coming) meta-learns a phenotype for incremental regression, and lesson 6
-# (coming) uses the conv DAN above for unsupervised class-incremental learning.
+# **Next:** lesson 5 meta-learns a phenotype for incremental regression, and lesson 6
+# uses the conv DAN above for unsupervised class-incremental learning.
