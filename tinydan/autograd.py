@@ -82,51 +82,69 @@ def _as_grad(g, like: Tensor, what: str) -> Tensor:
     return g
 
 
-def _backprop(roots: Sequence[Tensor], root_grads: Sequence[Tensor], wanted: set[int] | None,
-              create_graph: bool) -> dict[int, Tensor]:
-    """Gradients of sum_i <root_grads[i], roots[i]> w.r.t. every Tensor in ``wanted`` (or every leaf)."""
-    order = toposort(roots)
-    relevant: set[int] | None = None
-    if wanted is not None:       # prune branches that reach no wanted Tensor
-        relevant = set(wanted)
-        for t in order:
-            for x in t._inputs:
-                if id(x) in relevant:
-                    relevant.add(id(t))
-                    break
-    grads: dict[int, Tensor] = {}
+def _backprop(roots: Sequence[Tensor], root_grads: Sequence[Tensor], wanted: set | None,
+              create_graph: bool) -> dict:
+    """Gradients of sum_i <root_grads[i], roots[i]> w.r.t. every Tensor in ``wanted`` (or every leaf).
+
+    Returns a dict keyed by the Tensors themselves (hashed by identity).
+    """
+    # 1. topological order (inputs first), and which Tensors lead to something wanted: one pass
+    order: list[Tensor] = []
+    done: set = set()
+    seen: set = set()
+    relevant: set | None = None if wanted is None else set()
+    stack = [r for r in roots if r.requires_grad]
+    while stack:
+        t = stack[-1]
+        if t in seen:
+            stack.pop()
+            if t not in done:
+                done.add(t)
+                order.append(t)
+                if relevant is not None:
+                    if t in wanted:
+                        relevant.add(t)
+                    else:
+                        for x in t._inputs:
+                            if x in relevant:
+                                relevant.add(t)
+                                break
+            continue
+        seen.add(t)
+        for x in t._inputs:
+            if x.requires_grad and x not in seen:
+                stack.append(x)
+    # 2. walk back from the outputs, summing the gradients that reach each Tensor
+    grads: dict = {}
     for r, g in zip(roots, root_grads):
         if r.requires_grad:
-            grads[id(r)] = g if id(r) not in grads else grads[id(r)] + g
+            grads[r] = g if r not in grads else grads[r] + g
     prev = set_grad_enabled(create_graph)
     try:
         for t in reversed(order):
             op = t._op
             if op is None:
                 continue
-            key = id(t)
-            if wanted is None or key not in wanted:
-                g = grads.pop(key, None)       # free intermediate gradients as we go
+            if wanted is None or t not in wanted:
+                g = grads.pop(t, None)         # free intermediate gradients as we go
             else:
-                g = grads.get(key)
+                g = grads.get(t)
             if g is None:
                 continue
             inputs = t._inputs
             if relevant is None:
                 needs = tuple([x.requires_grad for x in inputs])
             else:
-                needs = tuple([x.requires_grad and id(x) in relevant for x in inputs])
+                needs = tuple([x in relevant for x in inputs])
             if True not in needs:
                 continue
             t.needs_input_grad = needs
             in_grads = op.backward(t, g)
             t.needs_input_grad = None
             for x, need, gx in zip(inputs, needs, in_grads):
-                if not need or gx is None:
-                    continue
-                k = id(x)
-                old = grads.get(k)
-                grads[k] = gx if old is None else old + gx
+                if need and gx is not None:
+                    old = grads.get(x)
+                    grads[x] = gx if old is None else old + gx
     finally:
         set_grad_enabled(prev)
     return grads
@@ -151,9 +169,8 @@ def backward(output: Tensor, gradient=None, create_graph: bool = False) -> None:
         gradient = wrap(np.ones(output.shape, dtype=output.dtype))
     g = _as_grad(gradient, output, "gradient")
     grads = _backprop([output], [g], None, create_graph)
-    for t in toposort([output]):
-        if t._op is None and id(t) in grads:
-            gt = grads[id(t)]
+    for t, gt in grads.items():
+        if t._op is None:
             if not create_graph and gt.requires_grad:
                 gt = wrap(gt.data)
             t.grad = gt if t.grad is None else t.grad + gt
@@ -194,11 +211,10 @@ def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False,
                                    "grad_outputs of that shape")
             go = wrap(np.ones(o.shape, dtype=o.dtype))
         root_grads.append(_as_grad(go, o, f"grad_outputs[{i}]"))
-    wanted = {id(x) for x in ins}
-    grads = _backprop(outs, root_grads, wanted, create_graph)
+    grads = _backprop(outs, root_grads, set(ins), create_graph)
     result = []
     for i, x in enumerate(ins):
-        gx = grads.get(id(x))
+        gx = grads.get(x)
         if gx is None and not allow_unused:
             raise RuntimeError(f"inputs[{i}] (shape {x.shape}) was not used to compute the outputs; "
                                "pass allow_unused=True to get None for it")
