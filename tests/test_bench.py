@@ -355,3 +355,12 @@ def test_module_entry_point_sets_one_blas_thread():
                         "--repeat", "1"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "OPENBLAS_NUM_THREADS=1" in p.stdout and "mlp40_b1" in p.stdout
+
+
+def test_cpu_clock_option(capsys):
+    try:
+        assert bench.main(["--only", "mlp40_b1", "--quick", "--repeat", "2", "--threads", "0",
+                           "--clock", "cpu"]) == 0
+        assert "CPU time of this thread" in capsys.readouterr().out
+    finally:
+        bench.CLOCK = "wall"
