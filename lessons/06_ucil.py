@@ -258,7 +258,7 @@ for name, run in runs.items():
          rec[(0, 1)][0].reshape(-1, side, side)),
         (f"after {STEPS} steps on each of 0-4: all digits", by_shot(mnist_seq), by_shot(rec[(4, STEPS)])),
         ("after 0-9: all digits", by_shot(mnist_seq), by_shot(rec[(9, STEPS)])),
-    ], FIGURES / f"fig2_{name[:6]}.png", ncols=10, title=f"{name}, MNIST deployment"))
+    ], FIGURES / f"fig2_{name.split()[0]}.png", ncols=10, title=f"{name}, MNIST deployment"))
 
 # %% [markdown]
 # ### The loss matrix and forward transfer
@@ -269,7 +269,7 @@ for name, run in runs.items():
 
 # %%
 for name, run in runs.items():
-    display(plots.plot_loss_matrix(run["R"][0], FIGURES / f"R_{name[:6]}.png", title=f"R[i, j], {name}",
+    display(plots.plot_loss_matrix(run["R"][0], FIGURES / f"R_{name.split()[0]}.png", title=f"R[i, j], {name}",
                                    task_labels=[str(d) for d in range(10)]))
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.8))
@@ -300,8 +300,8 @@ plt.show()
 # %% [markdown]
 # What to look for. With phi fixed, everything the network learns is in the synapses, at the
 # protocol's small learning rate (`cfg.inner_lr` = 0.01). With random DANs that is very little: the
-# rows of R hardly change from one digit to the next, the reconstructions stay near the blurry
-# average they start from, and the transfer curve is flat. A meta-learned phenotype is meta-trained
+# rows of R hardly change from one digit to the next, the reconstructions stay the faint noise the
+# random synapses start from, and the transfer curve is nearly flat. A meta-learned phenotype is meta-trained
 # precisely so that these few small steps count: the paper's Figure 2 shows crisp reconstructions
 # of the current digit after one step, earlier digits still recognisable after all ten, and later
 # digits already reconstructed before they are seen. With the few meta-steps above (when no
