@@ -124,3 +124,15 @@ def test_bad_meta_arguments_give_clear_errors():
         meta_step(net, _leaves(theta), xt, yt, xm, ym, 0.1, "second_order")
     with pytest.raises(ValueError, match="meta_optimizer"):
         MetaTrainer(net, theta, None, 0.1, 0.1, meta_optimizer="rmsprop")
+
+
+def test_differentiable_sgd_step_carries_the_gradient_graph():
+    """optim.sgd_step: theta' = theta - lr g stays a function of what shaped g (create_graph)."""
+    from tinydan.optim import sgd_step
+    w = td.tensor(np.array([1.5, -0.5]), requires_grad=True)
+    a = td.tensor(2.0, requires_grad=True, dtype=np.float64)
+    g = td.grad((a * w * w).sum(), w, create_graph=True)          # g = 2 a w
+    new = sgd_step({"w": w}, {"w": g}, 0.1)                          # w' = w - 0.2 a w
+    (da,) = td.grad(new["w"].sum(), [a])
+    assert np.isclose(da.item(), -0.2 * w.data.sum())
+    assert np.allclose(new["w"].data, w.data * (1 - 0.2 * 2.0))
