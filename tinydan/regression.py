@@ -29,6 +29,7 @@ import numpy as np
 from . import __version__
 from .autograd import no_grad
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .cli import positive_float, positive_int, progress
 from .continual import format_ci, results_table, summarize, to_jsonable
 from .meta import MetaTrainer, SynapseAdam, deploy_step, task_loss
 from .models import (REGRESSION_CONFIGS, PlainMLP, RegressionConfig, build_regression_net,
@@ -47,13 +48,7 @@ SHIPPED_PHENOTYPE = Path(__file__).resolve().parent / "phenotypes" / "regression
 EVAL_POINTS = 200
 
 
-def _progress(total, desc, disable=False, initial=0):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, desc=desc, disable=disable, initial=initial, leave=False,
-                dynamic_ncols=True)
+_progress = progress          # shared with the other CLIs (tinydan.cli)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,24 +411,7 @@ def _figures(ph: Phenotype, runs: dict, summaries: dict, out_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
+_positive_int, _positive_float = positive_int, positive_float
 
 
 def build_parser() -> argparse.ArgumentParser:
