@@ -349,7 +349,7 @@ print("DAN layer:", check_grad(small_layer, rng.random((2, 3)),
 # %% [markdown]
 # Finally, what one DAN sees. We feed one DAN a structured 10x10 input (a ring) and show the feature
 # maps of its two convolutions and of the pool. The phenotype here is random; meta-learning
-# (lesson 6, coming) shapes these filters.
+# (lesson 6) shapes these filters.
 
 # %%
 yy, xx = np.mgrid[0:SIDE, 0:SIDE]

@@ -784,7 +784,7 @@ for name, R_e in [("net0 (phi fixed)", R_net0), ("net1 (phi plastic)", R_net1)]:
 # phenotype does much worse. Try other values of `phi_lr`, and more functions, to see how the gap
 # grows with phi's learning rate.
 #
-# **Next:** lesson 6 (coming) scales the same Algorithm 1 to images: unsupervised class-incremental
+# **Next:** lesson 6 scales the same Algorithm 1 to images: unsupervised class-incremental
 # learning, meta-trained on Omniglot and deployed on MNIST.
 
 # %%
