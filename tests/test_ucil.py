@@ -1,0 +1,306 @@
+"""The UCIL experiment: the conv DAN and its fast kernels, the autoencoder's shapes and counts,
+the meta-gradient against finite differences, and an end-to-end run of the tiny config."""
+import json
+
+import numpy as np
+import pytest
+
+import tinydan as td
+from tinydan import ucil
+from tinydan.checkpoint import CheckpointError
+from tinydan.meta import meta_step
+from tinydan.nn.dan import ConvDAN
+from tinydan.nn.module import functional_call
+from tinydan.ops.conv import checkpoint_rows, conv2d_rows, max_pool_rows
+from tinydan.testing import check_grad
+
+pytestmark = pytest.mark.ucil
+
+rng = np.random.default_rng(11)
+
+
+def _rows(x):
+    """(N, C, H, W) -> channels-last rows (N, H, W*C)."""
+    n, c, h, w = x.shape
+    return x.transpose(0, 2, 3, 1).reshape(n, h, w * c)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Omniglot + MNIST, or a skip that says why."""
+    from tinydan.datasets import DatasetError
+    try:
+        return ucil.load_data(ucil.ucil_config("tiny"), mnist=True)
+    except (DatasetError, OSError) as e:
+        pytest.skip(f"Omniglot/MNIST not found in the cache or ../shared/data and not downloadable: {e}")
+
+
+# ------------------------------------------------------------------------------------------ shapes
+def test_paper_config_shapes_and_counts():
+    """SPEC section 4: VEC shapes with n_out * C columns, skips A (0->2) and B (1->4), ~38.6M
+    synapses per model (counted from the shapes, never allocated), and the DAN's phi."""
+    cfg = ucil.ucil_config("paper")
+    net = ucil.build_ucil_net(cfg)
+    C = 100
+    assert net.nodes == (784, 120, 100, 120, 784) and net.n_channels == C
+    shapes = net.synapse_shapes()
+    assert shapes["vec0.weight"] == (784, 120 * C)
+    assert shapes["vec1.weight"] == (120, 100 * C)
+    assert shapes["vec2.weight"] == (100, 120 * C)
+    assert shapes["vec3.weight"] == (120, 784 * C)
+    assert shapes["skip0_2.weight"] == (784, 100 * C)      # skip A: input DANs -> E2
+    assert shapes["skip1_4.weight"] == (120, 784 * C)      # skip B: E1 -> output (jumps 3 layers)
+    assert shapes["vec3.bias"] == (1, 784 * C)
+    n = net.num_synapses()
+    assert n == sum(int(np.prod(s)) for s in shapes.values())
+    assert n == 38_576_400 and 38e6 < n < 39e6
+    assert len(net.dans) == 4 and net.sharing == "per_layer"
+    dan = net.dans[0]
+    assert dan.side == 10 and dan.flat == 4 * 6 * 6 == 144
+    counts = {k: p.size for k, p in dan.named_parameters()}
+    assert counts == {"conv0_w": 8 * 1 * 2 * 2, "conv0_b": 8, "conv1_w": 4 * 8 * 2 * 2, "conv1_b": 4,
+                      "fc0_w": 144 * 30, "fc0_b": 30, "fc1_w": 30, "fc1_b": 1}
+    assert dan.num_parameters() == 4553
+    inp = net.input_layer
+    assert inp.w0.shape == (8, 1, 3, 3) and inp.w1.shape == (1, 8, 3, 3)
+    assert net.num_parameters() == 4 * 4553 + (72 + 8 + 72 + 1)
+
+
+def test_small_config_is_the_same_structure_scaled_down():
+    cfg = ucil.ucil_config("small")
+    paper = ucil.ucil_config("paper")
+    assert cfg.skips == paper.skips and cfg.sharing == paper.sharing
+    assert cfg.nodes[0] == cfg.nodes[-1] == cfg.image_side ** 2 == 196 and len(cfg.nodes) == 5
+    assert cfg.deploy_steps == 60 and cfg.shots == 5 and cfg.n_classes == 10 and cfg.population == 3
+    net = ucil.build_ucil_net(cfg)
+    dan = net.dans[0]
+    assert dan.side == 6 and dan.flat == 4 * 3 * 3
+    assert net.num_synapses() < 5_000_000 < 38_000_000
+    z = td.tensor(rng.standard_normal((2, 3, 36)).astype(np.float32))
+    assert dan(z).shape == (2, 3)
+
+
+def test_autoencoder_forward_shapes():
+    cfg = ucil.ucil_config("tiny")
+    net, theta0 = ucil.initial_state(cfg, 0, population=2)
+    D = cfg.image_side ** 2
+    x = rng.random((2, 3, D)).astype(np.float32)
+    out = net(td.tensor(x), {k: td.tensor(v) for k, v in theta0.items()})
+    assert out.shape == (2, 3, D) and out.dtype == np.float32
+    with pytest.raises(ValueError, match=f"population, batch, {D}"):
+        net(td.tensor(x[0]), {k: td.tensor(v) for k, v in theta0.items()})
+
+
+# ------------------------------------------------------------------------------ fast conv kernels
+@pytest.mark.parametrize("shape,wshape", [((3, 1, 10, 10), (8, 1, 2, 2)), ((2, 8, 9, 9), (4, 8, 2, 2)),
+                                          ((2, 3, 7, 6), (2, 3, 3, 2))])
+def test_banded_rows_convolution_matches_conv2d(shape, wshape):
+    x, w, b = rng.standard_normal(shape), rng.standard_normal(wshape), rng.standard_normal(wshape[0])
+    ref = _rows(td.conv2d(td.tensor(x), td.tensor(w), td.tensor(b)).data)
+    ow = shape[3] - wshape[3] + 1
+    for block in [d for d in range(1, ow + 1) if ow % d == 0]:
+        out = conv2d_rows(td.tensor(_rows(x)), td.tensor(w), td.tensor(b), block=block)
+        assert np.allclose(out.data, ref), block
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_separable_max_pool_matches_max_pool2d(k):
+    x = rng.standard_normal((2, 4, 8, 8))
+    ref = _rows(td.max_pool2d(td.tensor(x), k, 1).data)
+    assert np.array_equal(max_pool_rows(td.tensor(_rows(x)), k, 4).data, ref)
+
+
+def test_rows_kernels_second_order():
+    check_grad(lambda x, w, b: td.tanh(conv2d_rows(x, w, b, block=2)), rng.standard_normal((2, 4, 15)),
+               rng.standard_normal((2, 3, 2, 2)), rng.standard_normal(2))
+    check_grad(lambda x: max_pool_rows(x * x, 3, 2) ** 2, rng.standard_normal((2, 5, 10)))
+
+    def fn(x, ps):
+        w, b = ps
+        return td.tanh(td.linear(x, w, b)).sum(axis=1)
+    check_grad(lambda x, w, b: checkpoint_rows(fn, x, [w, b], 2) ** 2, rng.standard_normal((5, 3)),
+               rng.standard_normal((3, 4)), rng.standard_normal(4))
+
+
+@pytest.mark.parametrize("C,convs,pool", [(100, ((8, 2), (4, 2)), 3), (36, ((4, 2), (4, 2)), 2)])
+def test_conv_dan_fast_path_matches_reference(C, convs, pool):
+    """forward (banded rows, separable pool, checkpointed chunks) == reference_forward (conv2d), and
+    so do the gradients w.r.t. the inputs and phi."""
+    dan = ConvDAN(C, convs, pool, 7, rng=rng, dtype=np.float64, chunk=4)
+    z = td.tensor(rng.standard_normal((3, 5, C)), requires_grad=True)
+    fast, ref = dan(z), dan.reference_forward(z)
+    assert np.allclose(fast.data, ref.data, atol=1e-12)
+    v = td.tensor(rng.standard_normal(fast.shape))
+    g_fast = td.grad((fast * v).sum(), [z] + dan.parameters())
+    g_ref = td.grad((ref * v).sum(), [z] + dan.parameters())
+    for a, b in zip(g_fast, g_ref):
+        assert np.allclose(a.data, b.data, atol=1e-10)
+
+
+def test_conv_dan_second_order():
+    dan = ConvDAN(16, ((3, 2), (2, 2)), 2, 5, rng=rng, dtype=np.float64, chunk=3)
+    names = [n for n, _ in dan.named_parameters()]
+    check_grad(lambda z, *ps: functional_call(dan, dict(zip(names, ps)), z) ** 2,
+               rng.standard_normal((2, 4, 16)), *[p.data.copy() for p in dan.parameters()])
+
+
+# ------------------------------------------------------------------------------ meta-gradient
+def _tiny64():
+    cfg = ucil.ucil_config("tiny", nodes=(784, 3, 2, 3, 784), image_side=28)
+    r = np.random.default_rng(3)
+    net = ucil.build_ucil_net(cfg, r, dtype=np.float64)
+    for p in net.parameters():           # nonzero biases: no ties at the leaky ReLUs' kinks
+        p.data = p.data + 0.05 * r.standard_normal(p.shape)
+    theta = net.init_synapses(2, r, dtype=np.float64, same=False)
+    x = r.random((2, 2, 784))
+    xm = r.random((2, 3, 784))
+    return net, theta, x, xm
+
+
+@pytest.mark.parametrize("mode", ["first_order", "one_step"])
+def test_meta_gradient_matches_finite_differences(mode):
+    net, theta, x, xm = _tiny64()
+    lr = 0.5
+    phi = net.parameters()
+    leaves = {k: td.Tensor(v, requires_grad=True) for k, v in theta.items()}
+    theta1, gphi, _, _ = meta_step(net, leaves, x, x, xm, xm, lr, mode)
+    fixed = {k: td.tensor(v.data) for k, v in theta1.items()}
+
+    def meta_loss():
+        if mode == "one_step":          # theta_1 moves with phi
+            th = {k: td.Tensor(v, requires_grad=True) for k, v in theta.items()}
+            loss = td.mse_loss(net(td.tensor(x), th), td.tensor(x)) * 2.0
+            gs = td.grad(loss, list(th.values()))
+            th1 = {k: td.tensor(th[k].data - lr * g.data) for k, g in zip(th, gs)}
+        else:                           # theta_1 held constant
+            th1 = fixed
+        with td.no_grad():
+            return float(td.mse_loss(net(td.tensor(xm), th1), td.tensor(xm)).data)
+
+    r = np.random.default_rng(5)
+    eps = 1e-6
+    for _ in range(3):
+        dirs = [r.standard_normal(p.shape) for p in phi]
+        base = [p.data.copy() for p in phi]
+        for p, b, d in zip(phi, base, dirs):
+            p.data = b + eps * d
+        up = meta_loss()
+        for p, b, d in zip(phi, base, dirs):
+            p.data = b - eps * d
+        down = meta_loss()
+        for p, b in zip(phi, base):
+            p.data = b
+        fd = (up - down) / (2 * eps)
+        an = sum(float((g.data * d).sum()) for g, d in zip(gphi, dirs))
+        assert an == pytest.approx(fd, rel=1e-5, abs=1e-9), (mode, an, fd)
+
+
+def test_one_step_differs_from_first_order():
+    net, theta, x, xm = _tiny64()
+    grads = {}
+    for mode in ("first_order", "one_step"):
+        leaves = {k: td.Tensor(v, requires_grad=True) for k, v in theta.items()}
+        _, g, _, _ = meta_step(net, leaves, x, x, xm, xm, 0.5, mode)
+        grads[mode] = np.concatenate([a.data.ravel() for a in g])
+    diff = np.abs(grads["one_step"] - grads["first_order"]).max()
+    assert diff > 1e-6 * np.abs(grads["first_order"]).max()
+
+
+# ------------------------------------------------------------------------------ end to end
+def test_class_sequences_protocol():
+    imgs = rng.random((3, 4, 2, 784)).astype(np.float32)
+    seq = ucil.ClassSequences(imgs, steps=3, meta_batch=5)
+    batches = list(seq.inner_batches())
+    assert len(batches) == 4 * 3
+    assert all(np.array_equal(x, imgs[:, i // 3]) and y is x for i, (x, y) in enumerate(batches))
+    xm, ym = seq.meta_batch(np.random.default_rng(0))
+    assert xm.shape == (3, 5, 784) and ym is xm
+    flat = imgs.reshape(3, 8, 784)
+    for m in range(3):                  # drawn without replacement from the member's own sequence
+        rows = {tuple(np.flatnonzero((flat[m] == row).all(1))) for row in xm[m]}
+        assert len(rows) == 5 and all(len(r) == 1 for r in rows)
+
+
+def test_tiny_end_to_end(tmp_path, data):
+    cfg = ucil.ucil_config("tiny")
+    # meta-train 2 epochs in one go, and 1 + 1 with a resume: the same phi
+    full = ucil.meta_train(cfg, 0, tmp_path / "full", quiet=True, workers=0, data=data, log=lambda *a: None)
+    ucil.meta_train(cfg.replace(meta_epochs=1), 0, tmp_path / "part", quiet=True, workers=0,
+                    data=data, log=lambda *a: None)
+    assert (tmp_path / "part" / "checkpoint.npz").exists()
+    with pytest.raises(CheckpointError, match="config"):     # resuming with other settings is refused
+        ucil.meta_train(cfg.replace(meta_lr=0.5), 0, tmp_path / "part", resume=True, quiet=True,
+                        workers=0, data=data, log=lambda *a: None)
+    resumed = ucil.meta_train(cfg.replace(meta_epochs=2), 0, tmp_path / "part", resume=True,
+                              quiet=True, workers=0, data=data, log=lambda *a: None)
+    # the checkpoint's config says meta_epochs=1: resume with 2 epochs must use that file anyway
+    for (k, a), (_, b) in zip(full.net.state_dict().items(), resumed.net.state_dict().items()):
+        assert np.array_equal(a, b), k
+    assert full.meta["history"] == resumed.meta["history"]
+    assert [e for e, _ in full.meta["val_history"]] == [0, 1, 2]
+
+    # phenotype file: small, loads, refuses another config
+    path = ucil.save_phenotype(full, tmp_path / "phenotype.npz")
+    assert path.stat().st_size < 200_000
+    ph = ucil.load_phenotype(path, cfg)
+    for (k, a), (_, b) in zip(full.net.state_dict().items(), ph.net.state_dict().items()):
+        assert np.array_equal(a, b), k
+    with pytest.raises(CheckpointError, match="config"):
+        ucil.load_phenotype(path, ucil.ucil_config("small"))
+    assert ucil.main(["deploy", "--checkpoint", str(path), "--config", "small", "--quiet",
+                      "--out", str(tmp_path / "refused")]) == 2
+
+    # deploy on real MNIST: results.json and the figures
+    res = ucil.compare(ph, tmp_path / "deploy", draws=3, quiet=True, workers=0, data=data,
+                       log=lambda *a: None, figures="net0")
+    written = json.loads((tmp_path / "deploy" / "results.json").read_text())
+    assert written["config"]["name"] == "tiny" and written["seed"] == 0
+    for name in (ucil.NET0, ucil.RANDOM, ucil.PLAIN, ucil.PLAIN_NODES):
+        m = written["models"][name]
+        assert m["n_sequences"] == 3 and m["n_subtasks"] == 10
+        assert np.isfinite(m["final"]["mean"]) and m["final"]["ci"] >= 0
+        assert len(m["R_mean"]) == 10
+    assert set(written["versions"]) >= {"tinydan", "numpy", "python"}
+    assert "command" in written and res["comparison"].keys() == written["comparison"].keys()
+    for png in ("fig2_net0.png", "loss_matrix_net0.png", "transfer_curve.png"):
+        assert (tmp_path / "deploy" / png).stat().st_size > 1000, png
+
+
+def test_shipped_phenotype_loads_and_deploys(data):
+    assert ucil.SHIPPED_PHENOTYPE.exists(), "tinydan/phenotypes/ucil_small.npz is missing"
+    assert ucil.SHIPPED_PHENOTYPE.stat().st_size < 1_000_000
+    ph = ucil.load_phenotype(ucil.SHIPPED_PHENOTYPE, ucil.ucil_config("small"))
+    assert ph.cfg.name == "small" and "command" in ph.meta
+    seqs = ucil.mnist_sequences(ph.cfg, data, 1)[:, :2]           # 2 digits, 2 steps: it runs
+    out = ucil.deploy(ph.net, ph.theta0, seqs, 2, ph.cfg.inner_lr, snapshots=[(0, 1)])
+    assert out["R"].shape == (1, 2, 2) and np.all(np.isfinite(out["R"]))
+    assert out["recon"][(0, 1)].shape == (2, ph.cfg.shots, ph.cfg.image_side ** 2)
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        ucil.main(["--help"])
+    assert e.value.code == 0
+    assert "meta-train" in capsys.readouterr().out
+    for bad in (["--config", "huge"], ["run", "--epochs", "0"], ["run", "--meta-grad", "second"],
+                ["meta-train", "--inner-lr", "-1"], ["run", "--resume"]):
+        with pytest.raises(SystemExit) as e:
+            ucil.main(bad)
+        assert e.value.code == 2, bad
+    err = capsys.readouterr().err
+    assert "invalid choice: 'huge'" in err and "must be at least 1" in err and "--resume needs --out" in err
+    with pytest.raises(SystemExit):
+        ucil.main(["deploy", "--checkpoint", str(tmp_path / "missing.npz")])
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "junk.npz").write_bytes(b"not a checkpoint")
+    assert ucil.main(["deploy", "--checkpoint", str(tmp_path / "junk.npz"), "--quiet"]) == 2
+    assert "cannot read checkpoint" in capsys.readouterr().err
+
+
+def test_bench_hook_flop_model():
+    """The benchmark's FLOP estimate: more than the VEC products alone, grows with the batch."""
+    cfg = ucil.ucil_config("paper")
+    f = ucil.meta_step_flops(cfg)
+    vec_only = 2.0 * 38_576_400 * (3 * 5 * 3 + 3 * 50 * 2)
+    assert vec_only < f < 5 * vec_only
+    assert ucil.meta_step_flops(cfg.replace(meta_batch=10)) < f

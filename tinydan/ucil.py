@@ -1,0 +1,1167 @@
+"""Unsupervised class-incremental learning, UCIL (paper 3.2, 4.2, 6.2): meta-train DANs on Omniglot,
+deploy them on MNIST, compare.
+
+    python -m tinydan.ucil                       # meta-train `small` (~15 min), deploy, compare, plot
+    python -m tinydan.ucil meta-train --config small --meta-grad one_step
+    python -m tinydan.ucil deploy                # the shipped phenotype, in seconds
+    python -m tinydan.ucil deploy --checkpoint runs/<run>/checkpoint.npz
+
+The model (SPEC section 4) is an autoencoder made of DANs: an input DAN layer (two 3x3 convolutions,
+1 -> 8 -> 1 channels, leaky ReLU, so a 28x28 image stays 784 values), then DAN layers E1, E2, D1 and
+the output layer of 784 DANs, joined by VEC layers of synapses, with skip VECs from the input DAN
+layer to E2 and from E1 to the output. Every hidden and output DAN is a small CNN that reads its C
+inputs as a sqrt(C) x sqrt(C) image; each layer has its own phenotype (``per_layer`` sharing).
+
+The output DANs end in a LINEAR layer (the paper's fc 30 -> 1), so a reconstruction is not confined
+to [0, 1]: the loss is the plain mean squared error against pixels in [0, 1], and figures clip to
+[0, 1] for display only. (A sigmoid would keep outputs in range but saturates early in training,
+where the synapses start from random values; nothing is gained by it for MSE.)
+
+Protocol. A task sequence is ``n_classes`` classes seen one after the other, ``shots`` images each;
+on each class the synapses take ``inner_steps`` SGD steps on that class's images (the whole class is
+the batch). Meta-training (Algorithm 1, ``tinydan.meta``) draws the classes from Omniglot's
+background characters (minus a held-out validation set) for a population of models, and after every
+inner step updates phi on a random batch of images from the WHOLE sequence (memory + transfer).
+Deployment: MNIST test digits 0..9 in order, 5 images each, 60 steps per digit, phi fixed. After each
+digit i the reconstruction MSE on every digit j's images gives R[i, j] (``tinydan.continual``). Many
+draws of the images are deployed at once along the population axis of the synapses.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .autograd import no_grad
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .datasets import DatasetError
+from .continual import ci_overlap, format_ci, results_table, summarize, to_jsonable
+from .meta import META_GRADS, MetaTrainer, deploy_step, meta_step
+from .models import PlainMLP
+from .nn.dan import ConvDAN, DANNetwork, InputConvDAN
+from .tensor import Tensor, wrap
+
+__all__ = ["UCILConfig", "UCIL_CONFIGS", "ucil_config", "build_ucil_net", "UCILData", "load_data",
+           "ClassSequences", "deploy", "meta_train", "Phenotype", "load_phenotype",
+           "save_phenotype", "random_phenotype", "compare", "bench_paper_meta_step", "main",
+           "SHIPPED_PHENOTYPE", "KIND"]
+
+KIND = "tinydan.ucil"
+SHIPPED_PHENOTYPE = Path(__file__).resolve().parent / "phenotypes" / "ucil_small.npz"
+DEPLOY_DRAWS = 5      # `deploy` alone: a quick look (`run` uses the config's eval_draws, 20)
+# Seeds of the held-out draws: meta-training draws from np.random.default_rng([seed, 1]) (MetaTrainer)
+VAL_SEED = 1_000_033
+EVAL_SEED = 2_000_033
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UCILConfig:
+    """Everything that defines a UCIL run (SPEC section 4)."""
+
+    name: str = "paper"
+    # the model
+    image_side: int = 28
+    input_hidden: int = 8                      # input DAN layer: 3x3 convs 1 -> 8 -> 1
+    nodes: tuple = (784, 120, 100, 120, 784)   # input, E1, E2, D1, output
+    n_channels: int = 100                      # C: each DAN reads a sqrt(C) x sqrt(C) image
+    dan_convs: tuple = ((8, 2), (4, 2))        # (out channels, kernel) of the DAN's convolutions
+    dan_pool: int = 3                          # max-pool kernel (stride 1)
+    dan_hidden: int = 30                       # fc -> hidden -> 1
+    slope: float = 0.01                        # leaky ReLU
+    skips: tuple = ((0, 2), (1, 4))            # input DANs -> E2, E1 -> output
+    sharing: str = "per_layer"
+    # the protocol
+    n_classes: int = 10                        # sub-tasks per sequence
+    shots: int = 5                             # s images per class
+    inner_steps: int = 60                      # k SGD steps per class (meta-training)
+    deploy_steps: int = 60                     # SGD steps per digit at deployment (the paper's 60)
+    meta_batch: int = 50                       # images per member for the meta-loss
+    population: int = 3                        # M
+    inner_lr: float = 0.01                     # alpha: synapse SGD (meta-training and deployment)
+    meta_lr: float = 1e-4                      # gamma: phi Adam
+    meta_optimizer: str = "adam"
+    meta_grad: str = "first_order"
+    meta_epochs: int = 100
+    val_classes: int = 40                      # Omniglot characters held out for validation
+    val_sequences: int = 6                     # validation sequences per check
+    val_every: int = 2                         # meta-epochs between validation checks
+    eval_draws: int = 20                       # MNIST draws of the 5 images per digit
+    deploy_group: int = 20                     # draws deployed at once (memory)
+    ae_hidden: tuple = (512, 256, 512)         # the plain autoencoder baseline
+    ae_lrs: tuple = (0.1, 0.3, 1.0, 3.0, 10.0)  # its SGD learning rates, chosen on Omniglot
+
+    def __post_init__(self):
+        if self.meta_grad not in META_GRADS:
+            raise ValueError(f"meta_grad must be one of {META_GRADS}, got {self.meta_grad!r}")
+        if self.nodes[0] != self.image_side ** 2 or self.nodes[-1] != self.image_side ** 2:
+            raise ValueError(f"an autoencoder of {self.image_side}x{self.image_side} images needs "
+                             f"{self.image_side ** 2} input and output nodes, got nodes {self.nodes}")
+        if math.isqrt(self.n_channels) ** 2 != self.n_channels:
+            raise ValueError(f"n_channels must be a square number (a DAN reads a square image), "
+                             f"got {self.n_channels}")
+        for name in ("inner_lr", "meta_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("n_classes", "shots", "inner_steps", "deploy_steps", "meta_batch", "population",
+                     "meta_epochs", "val_sequences", "val_every", "eval_draws", "deploy_group"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.meta_batch > self.n_classes * self.shots:
+            raise ValueError(f"meta_batch {self.meta_batch} is larger than a sequence "
+                             f"({self.n_classes} classes x {self.shots} images)")
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (tuples become lists)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "UCILConfig":
+        """Inverse of to_dict; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown UCIL config fields {sorted(unknown)}")
+
+        def tup(v):
+            return tuple(tup(x) for x in v) if isinstance(v, list) else v
+        return cls(**{k: tup(v) for k, v in d.items()})
+
+    def replace(self, **changes) -> "UCILConfig":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+UCIL_CONFIGS = {
+    # SPEC section 4 as written: C = 100 (10x10 DAN images), nodes (784, 120, 100, 120, 784),
+    # about 38.6M synapses per model.
+    "paper": UCILConfig(name="paper", deploy_group=4),
+    # The same structure scaled down to run on a laptop: 14x14 images (MNIST and Omniglot
+    # area-downsampled, so the input and output layers have 196 nodes), E1/E2/D1 = 40/20/40 DANs,
+    # C = 36 (6x6 DAN images: convs 1 -> 4 -> 4 with 2x2 kernels, 2x2 max-pool -> 3x3x4 = 36 ->
+    # fc 16 -> 1): about 1.06M synapses per model, 2,941 phi parameters. The meta-training steps per
+    # class equal the deployment's 60, so phi meets the dynamics it will be deployed with (trained
+    # with fewer steps, phi raised the synapses' effective step size until 60 steps diverged).
+    "small": UCILConfig(name="small", image_side=14, nodes=(196, 40, 20, 40, 196), n_channels=36,
+                        dan_convs=((4, 2), (4, 2)), dan_pool=2, dan_hidden=16,
+                        inner_steps=60, meta_batch=20, inner_lr=3.0, meta_lr=1e-3,
+                        meta_epochs=10, val_every=2, ae_hidden=(512, 256, 512),
+                        ae_lrs=(0.1, 0.3, 1.0, 3.0, 10.0)),
+    # A few-second config for tests and lessons.
+    "tiny": UCILConfig(name="tiny", image_side=14, nodes=(196, 6, 4, 6, 196), n_channels=16,
+                       dan_convs=((3, 2), (2, 2)), dan_pool=2, dan_hidden=6, input_hidden=2,
+                       n_classes=3, shots=2, inner_steps=2, deploy_steps=2, meta_batch=4,
+                       inner_lr=0.01, meta_lr=1e-3, meta_epochs=2, val_classes=6,
+                       val_sequences=2, val_every=1, eval_draws=3, deploy_group=3,
+                       ae_hidden=(8, 4, 8), ae_lrs=(0.1, 1.0)),
+}
+
+
+def ucil_config(name: str, **overrides) -> UCILConfig:
+    """A named config with optional field overrides."""
+    if name not in UCIL_CONFIGS:
+        raise ValueError(f"unknown UCIL config {name!r}; choose one of {sorted(UCIL_CONFIGS)}")
+    cfg = UCIL_CONFIGS[name]
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def build_ucil_net(cfg: UCILConfig, rng: np.random.Generator | None = None,
+                   dtype=np.float32) -> DANNetwork:
+    """The UCIL autoencoder of SPEC section 4 as a DANNetwork (phi drawn from ``rng``).
+
+    input DAN layer (InputConvDAN) -> VEC -> E1 -> VEC -> E2 -> VEC -> D1 -> VEC -> output DANs,
+    skip VECs (0 -> 2) and (1 -> 4); one ConvDAN phenotype per DAN layer; linear output.
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+
+    def make_dan(n_neurons=None):
+        if n_neurons is not None:
+            raise ValueError("the UCIL model shares phi per layer; unique DANs are not built here")
+        return ConvDAN(cfg.n_channels, cfg.dan_convs, cfg.dan_pool, cfg.dan_hidden, cfg.slope,
+                       rng=rng, dtype=dtype)
+
+    input_layer = InputConvDAN(cfg.input_hidden, cfg.image_side, cfg.slope, rng=rng, dtype=dtype)
+    return DANNetwork(cfg.nodes, cfg.n_channels, make_dan, sharing=cfg.sharing, skips=cfg.skips,
+                      final_activation=False, input_layer=input_layer)
+
+
+def _theta_fingerprint(theta0: dict) -> str:
+    """A short checksum of theta_0 (CRC32 of the bytes of member 0), to detect a changed generator."""
+    crc = 0
+    for k in sorted(theta0):
+        crc = zlib.crc32(np.ascontiguousarray(theta0[k][0]).tobytes(), crc)
+    return f"{crc:08x}"
+
+
+def initial_state(cfg: UCILConfig, seed: int, population: int | None = None):
+    """(net with the random phi_0, theta_0) drawn from ``seed``: phi_0 first, then theta_0.
+
+    Both are regenerated from the seed rather than stored, so a phenotype file holds phi only.
+    """
+    rng = np.random.default_rng(seed)
+    net = build_ucil_net(cfg, rng)
+    theta0 = net.init_synapses(cfg.population if population is None else population, rng)
+    return net, theta0
+
+
+# ---------------------------------------------------------------------------------------------
+# data and task sequences
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class UCILData:
+    """Flattened images (N, 784) in [0, 1], ink = 1, with labels; Omniglot split by character."""
+
+    omniglot: np.ndarray
+    omniglot_labels: np.ndarray
+    train_classes: np.ndarray
+    val_classes: np.ndarray
+    mnist: np.ndarray | None = None
+    mnist_labels: np.ndarray | None = None
+
+
+def load_data(cfg: UCILConfig, mnist: bool = True) -> UCILData:
+    """Omniglot background characters (small1 + small2: 242 characters, 20 images each), split into
+    meta-training and ``cfg.val_classes`` held-out validation characters (a fixed draw), and the
+    MNIST test set. Raises tinydan.datasets.DatasetError when the data cannot be found or fetched."""
+    from .datasets import area_downsample, load_mnist, load_omniglot
+    om = load_omniglot(("small1", "small2"), size=cfg.image_side)
+    classes = np.unique(om.labels)
+    perm = np.random.default_rng(VAL_SEED).permutation(classes)
+    n_val = int(cfg.val_classes)
+    if not 0 < n_val < len(classes) - cfg.n_classes:
+        raise ValueError(f"val_classes must leave at least n_classes={cfg.n_classes} of the "
+                         f"{len(classes)} Omniglot characters for meta-training, got {n_val}")
+    data = UCILData(om.images.reshape(len(om.images), -1), om.labels,
+                    np.sort(perm[n_val:]), np.sort(perm[:n_val]))
+    if mnist:
+        images, labels = load_mnist("test")
+        if images.shape[1] != cfg.image_side:            # `small` works on 14x14 images
+            images = area_downsample(images, cfg.image_side)
+        data.mnist, data.mnist_labels = images.reshape(len(images), -1), labels
+    return data
+
+
+def sample_sequences(images: np.ndarray, labels: np.ndarray, class_pool, n_sequences: int,
+                     n_classes: int, shots: int, rng: np.random.Generator,
+                     ordered: bool = False) -> np.ndarray:
+    """(n_sequences, n_classes, shots, D) images: per sequence ``n_classes`` distinct classes from
+    ``class_pool`` (in random order, or in the pool's order when ``ordered``), ``shots`` images each."""
+    from .datasets import sample_class_sequence
+    pool = np.asarray(class_pool)
+    out = np.empty((n_sequences, n_classes, shots, images.shape[1]), images.dtype)
+    for s in range(n_sequences):
+        ids = pool[:n_classes] if ordered else rng.choice(pool, size=n_classes, replace=False)
+        out[s] = sample_class_sequence((images, labels), n_per_class=shots, rng=rng, class_ids=ids)[0]
+    return out
+
+
+class ClassSequences:
+    """One class-incremental sequence per population member, as ``MetaTrainer`` consumes them.
+
+    ``images`` (M, T, s, D). ``inner_batches()`` yields the current class's s images (x = y: an
+    autoencoder) ``steps`` times per class, class after class; ``meta_batch(rng)`` draws
+    ``meta_batch`` images per member from the WHOLE sequence (seen and unseen classes: memory +
+    transfer), without replacement.
+    """
+
+    def __init__(self, images: np.ndarray, steps: int, meta_batch: int):
+        self.images = images
+        self.steps, self.meta_batch_size = int(steps), int(meta_batch)
+        self.current_class = 0
+
+    def inner_batches(self):
+        for t in range(self.images.shape[1]):
+            self.current_class = t
+            x = self.images[:, t]                                    # (M, s, D)
+            for _ in range(self.steps):
+                yield x, x
+
+    def meta_batch(self, rng: np.random.Generator):
+        M, T, s, D = self.images.shape
+        flat = self.images.reshape(M, T * s, D)
+        idx = np.argsort(rng.random((M, T * s)), axis=1)[:, :self.meta_batch_size]
+        x = np.take_along_axis(flat, idx[..., None], axis=1)         # (M, B, D)
+        return x, x
+
+
+# ---------------------------------------------------------------------------------------------
+# deployment: plain SGD on the synapses, phi fixed
+# ---------------------------------------------------------------------------------------------
+def _per_class_mse(model, theta: dict, images: np.ndarray):
+    """(S, T, s, D) images -> ((S, T) reconstruction MSE per class, the reconstructions)."""
+    S, T, s, D = images.shape
+    with no_grad():
+        flat = images.reshape(S, T * s, D)
+        out = model(wrap(flat), theta).data
+    err = ((out - flat) ** 2).reshape(S, T, s * D).mean(-1)
+    return err, out.reshape(S, T, s, D)
+
+
+def deploy(model, theta0: dict, images: np.ndarray, steps: int, lr: float,
+           group: int | None = None, snapshots=(), curve_every: int = 0, progress=None) -> dict:
+    """Learn the classes of ``images`` (S, T, s, D) one after the other with phi fixed.
+
+    Every sequence starts from member 0 of ``theta0``; ``group`` sequences are deployed at once
+    along the population axis (memory). Returns ``R`` (S, T, T) with R[:, i, j] = MSE on class j
+    after learning class i; ``snapshots`` [(i, step), ...] -> the reconstructions of all images of
+    sequence 0 after ``step`` steps on class i (``recon``: {(i, step): (T, s, D)}); with
+    ``curve_every`` > 0, ``curve`` (S, n_points, T): the per-class MSE every ``curve_every`` steps
+    (``curve_steps`` says after how many steps in all).
+    """
+    S, T, s, D = images.shape
+    group = S if group is None else max(1, int(group))
+    R = np.zeros((S, T, T))
+    curve, curve_steps, recon = [], [], {}
+    want = {(int(i), int(k)) for i, k in snapshots}
+    for g0 in range(0, S, group):
+        imgs = images[g0:g0 + group]
+        G = len(imgs)
+        theta = {k: Tensor(np.repeat(np.asarray(v)[:1], G, axis=0), requires_grad=True)
+                 for k, v in theta0.items()}
+        rows = []
+        if curve_every:                                                  # before learning anything
+            rows.append(_per_class_mse(model, theta, imgs)[0])
+            if g0 == 0:
+                curve_steps.append(0)
+        for i in range(T):
+            x = np.ascontiguousarray(imgs[:, i])                         # (G, s, D)
+            for k in range(1, steps + 1):
+                theta, _ = deploy_step(model, theta, x, x, lr)     # SGD on the synapses
+                if g0 == 0 and (i, k) in want:
+                    with no_grad():
+                        sub = {n: wrap(v.data[:1]) for n, v in theta.items()}
+                        recon[(i, k)] = model(wrap(imgs[:1].reshape(1, T * s, D)), sub).data.reshape(T, s, D)
+                if curve_every and (k % curve_every == 0 or k == steps) and k != steps:
+                    rows.append(_per_class_mse(model, theta, imgs)[0])
+                    if g0 == 0:
+                        curve_steps.append(i * steps + k)
+                if progress is not None:
+                    progress(G)
+            err, _ = _per_class_mse(model, theta, imgs)
+            R[g0:g0 + G, i] = err
+            if curve_every:
+                rows.append(err)
+                if g0 == 0:
+                    curve_steps.append((i + 1) * steps)
+        if curve_every:
+            curve.append(np.stack(rows, axis=1))                         # (G, n_points, T)
+    out = {"R": R, "recon": recon}
+    if curve_every:
+        out["curve"] = np.concatenate(curve, axis=0)
+        out["curve_steps"] = np.asarray(curve_steps)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# meta-training (Algorithm 1 via tinydan.meta.MetaTrainer), validation, checkpoints and resume
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Phenotype:
+    """A phenotype ready to deploy: the network (phi loaded), theta_0 (one member) and provenance."""
+
+    cfg: UCILConfig
+    net: DANNetwork
+    theta0: dict
+    seed: int
+    meta: dict = field(default_factory=dict)
+
+
+def random_phenotype(cfg: UCILConfig, seed: int = 0) -> Phenotype:
+    """The network with its random phi_0 (before any meta-training): the "random DANs" baseline."""
+    net, theta0 = initial_state(cfg, seed, population=1)
+    return Phenotype(cfg, net, theta0, seed, {"source": "random phi_0 (no meta-training)"})
+
+
+def _sampler(cfg: UCILConfig, data: UCILData):
+    def sample(rng):
+        imgs = sample_sequences(data.omniglot, data.omniglot_labels, data.train_classes,
+                                cfg.population, cfg.n_classes, cfg.shots, rng)
+        return ClassSequences(imgs, cfg.inner_steps, cfg.meta_batch)
+    return sample
+
+
+def _command(argv=None) -> str:
+    argv = sys.argv[1:] if argv is None else argv
+    return "python -m tinydan.ucil " + " ".join(shlex.quote(str(a)) for a in argv)
+
+
+def new_trainer(cfg: UCILConfig, seed: int, data: UCILData) -> MetaTrainer:
+    """Network, theta_0 (both from the seed) and a MetaTrainer on Omniglot's training characters."""
+    net, theta0 = initial_state(cfg, seed)
+    return MetaTrainer(net, theta0, _sampler(cfg, data), cfg.inner_lr, cfg.meta_lr, cfg.meta_grad,
+                       cfg.meta_optimizer, seed=seed)
+
+
+_DATA_CACHE: dict = {}
+
+
+def _cached_data(cfg: UCILConfig, mnist: bool) -> UCILData:
+    key = (cfg.image_side, cfg.val_classes, cfg.n_classes, mnist)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = load_data(cfg, mnist=mnist)
+    return _DATA_CACHE[key]
+
+
+def validation_sequences(cfg: UCILConfig, data: UCILData) -> np.ndarray:
+    """The fixed validation draw: cfg.val_sequences sequences of held-out Omniglot characters."""
+    return sample_sequences(data.omniglot, data.omniglot_labels, data.val_classes,
+                            cfg.val_sequences, cfg.n_classes, cfg.shots,
+                            np.random.default_rng(VAL_SEED))
+
+
+def validate(net, theta0: dict, cfg: UCILConfig, data: UCILData) -> float:
+    """Mean final MSE (all classes after the last one) on the validation sequences, deployed with
+    the deployment protocol (cfg.deploy_steps steps per class, phi fixed)."""
+    seqs = validation_sequences(cfg, data)
+    return float(deploy(net, theta0, seqs, cfg.deploy_steps, cfg.inner_lr)["R"][:, -1].mean())
+
+
+def _validate_job(cfg_dict: dict, phi: dict, seed: int) -> float:
+    """validate() for a phi snapshot, runnable in a worker process (theta_0 regenerated)."""
+    from .parallel import set_blas_threads
+    set_blas_threads(1)
+    cfg = UCILConfig.from_dict(cfg_dict)
+    net, theta0 = initial_state(cfg, seed, population=1)
+    net.load_state_dict(phi)
+    return validate(net, theta0, cfg, _cached_data(cfg, mnist=False))
+
+
+def _progress(total, desc, disable=False, initial=0, unit="it"):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, desc=desc, disable=disable, initial=initial, leave=False,
+                dynamic_ncols=True, unit=unit)
+
+
+# fields that define the model: a phenotype deploys under a config only if these agree
+MODEL_FIELDS = ("image_side", "input_hidden", "nodes", "n_channels", "dan_convs", "dan_pool",
+                "dan_hidden", "slope", "skips", "sharing")
+# fields that do not change a meta-training trajectory: a run may be resumed with other values
+# (``--epochs 30 --resume`` continues a 12-epoch run)
+RESUMABLE_FIELDS = ("meta_epochs", "eval_draws", "deploy_group")
+
+
+def _expect(cfg: UCILConfig, for_resume: bool = False) -> dict:
+    d = cfg.to_dict()
+    if for_resume:
+        return {"kind": KIND, "config": {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}}
+    return {"kind": KIND, "config": {"name": cfg.name, **{k: d[k] for k in MODEL_FIELDS}}}
+
+
+def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
+               quiet: bool = False, log=print, workers: int | None = None,
+               data: UCILData | None = None, argv=None) -> Phenotype:
+    """Algorithm 1 for cfg.meta_epochs meta-epochs on Omniglot, validating phi every cfg.val_every.
+
+    A tqdm bar shows the meta-loss per meta-step. Validation (deploying a phi snapshot on held-out
+    Omniglot characters) runs in a worker process while meta-training goes on when the machine has
+    a second core. After each validation ``OUT/checkpoint.npz`` (phi, Adam's state, the generator,
+    the history, the best phi so far; theta_0 is regenerated from the seed) is written atomically;
+    with ``resume`` training continues from it exactly. Returns the phenotype with the best
+    validation phi.
+    """
+    from .parallel import Workers
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / "checkpoint.npz"
+    data = _cached_data(cfg, mnist=False) if data is None else data
+    trainer = new_trainer(cfg, seed, data)
+    fingerprint = _theta_fingerprint(trainer.theta0)
+    val_hist: list = []
+    best = {"val": float("inf"), "epoch": 0, "phi": trainer.net.state_dict()}
+    elapsed0 = 0.0
+    resubmit: list = []
+    if resume and ckpt.exists():
+        arrays, meta = load_checkpoint(ckpt, expect={**_expect(cfg, for_resume=True), "seed": seed})
+        if meta.get("theta0_crc32") != fingerprint:
+            raise CheckpointError(f"{ckpt}: theta_0 regenerated from seed {seed} does not match the "
+                                  "one it was trained with (another tinydan version?); start afresh")
+        arrays.update({f"theta0.{k}": v for k, v in trainer.theta0.items()})
+        trainer.load_state(arrays, meta)
+        val_hist = [tuple(v) for v in meta.get("val_history", [])]
+        best = {"val": meta.get("best_val", float("inf")), "epoch": meta.get("best_epoch", 0),
+                "phi": {k[9:]: v for k, v in arrays.items() if k.startswith("best.phi.")}}
+        elapsed0 = float(meta.get("meta_train_seconds", 0.0))
+        for epoch in meta.get("pending_epochs", []):              # validations still running then
+            pre = f"pending.{epoch}.phi."
+            resubmit.append((epoch, {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}))
+        log(f"resumed from {ckpt} at meta-epoch {trainer.epoch}")
+    elif resume:
+        log(f"no checkpoint at {ckpt}: starting from scratch")
+
+    t0 = time.perf_counter()
+
+    def save():
+        arrays = {k: v for k, v in trainer.state_arrays().items() if not k.startswith("theta0.")}
+        arrays.update({f"best.phi.{k}": v for k, v in best["phi"].items()})
+        for epoch, phi, _ in pending:                     # so that a resumed run validates them
+            arrays.update({f"pending.{epoch}.phi.{k}": v for k, v in phi.items()})
+        meta = {"kind": KIND, "config": cfg.to_dict(), "seed": seed, "command": _command(argv),
+                "theta0_crc32": fingerprint,
+                "val_history": val_hist, "best_val": best["val"], "best_epoch": best["epoch"],
+                "pending_epochs": [e for e, _, _ in pending],
+                "meta_train_seconds": elapsed0 + time.perf_counter() - t0}
+        meta.update(trainer.state_meta())
+        save_checkpoint(ckpt, arrays, meta)
+
+    def collect(wait):
+        nonlocal best
+        while pending and (wait or pending[0][2].done()):
+            epoch, phi, fut = pending.pop(0)
+            v = fut.result()
+            val_hist.append((epoch, v))
+            if v < best["val"]:
+                best = {"val": v, "epoch": epoch, "phi": phi}
+        save()
+
+    steps_per_epoch = cfg.n_classes * cfg.inner_steps
+    bar = _progress(cfg.meta_epochs * steps_per_epoch, f"meta-training {cfg.name} ({cfg.meta_grad})",
+                    quiet, trainer.epoch * steps_per_epoch, unit="step")
+    state = {"n": 0}
+
+    def on_step(meta_loss):
+        state["n"] += 1
+        if bar is not None:
+            bar.update(1)
+            if state["n"] % 10 == 0:
+                bar.set_postfix(meta_loss=f"{meta_loss:.4f}",
+                                val=f"{val_hist[-1][1]:.4f}" if val_hist else "-", refresh=False)
+
+    pending: list = []
+    with Workers(workers) as pool:
+        def submit(epoch, phi):
+            pending.append((epoch, phi, pool.submit(_validate_job, cfg.to_dict(), phi, seed)))
+        if trainer.epoch == 0 and not val_hist:                        # phi_0, for reference
+            submit(0, trainer.net.state_dict())
+        for epoch, phi in resubmit:
+            submit(epoch, phi)
+        while trainer.epoch < cfg.meta_epochs:
+            trainer.run_epoch(progress=on_step)
+            if trainer.epoch % cfg.val_every == 0 or trainer.epoch == cfg.meta_epochs:
+                submit(trainer.epoch, trainer.net.state_dict())
+            collect(wait=len(pending) > 1)                           # never fall far behind
+        collect(wait=True)
+    if bar is not None:
+        bar.close()
+    trainer.net.load_state_dict(best["phi"])
+    meta = {"kind": KIND, "config": cfg.to_dict(), "seed": seed, "best_val": best["val"],
+            "best_epoch": best["epoch"],
+            "val_history": val_hist, "history": trainer.history, "theta0_crc32": fingerprint,
+            "meta_train_seconds": elapsed0 + time.perf_counter() - t0, "checkpoint": str(ckpt),
+            "command": _command(argv)}
+    theta0 = {k: np.asarray(v)[:1] for k, v in trainer.theta0.items()}
+    return Phenotype(cfg, trainer.net, theta0, seed, meta)
+
+
+def save_phenotype(ph: Phenotype, path) -> Path:
+    """A small deployable file: phi (the best one) and metadata; theta_0 is regenerated from the
+    seed recorded in it and checked against its CRC32."""
+    meta = {"kind": KIND, "config": ph.cfg.to_dict(), "seed": ph.seed,
+            **{k: ph.meta[k] for k in ("best_val", "best_epoch", "val_history", "history",
+                                       "theta0_crc32", "meta_train_seconds", "command")
+               if k in ph.meta}}
+    arrays = {f"phi.{k}": v for k, v in ph.net.state_dict().items()}
+    return save_checkpoint(path, arrays, meta, compress=True)
+
+
+def load_phenotype(path, cfg: UCILConfig | None = None) -> Phenotype:
+    """The best phi of a checkpoint or phenotype file, with theta_0 regenerated from its seed.
+
+    Refused with a clear message when the file is not a UCIL checkpoint, or was made for another
+    config than ``cfg`` (when given).
+    """
+    path = Path(path)
+    arrays, meta = load_checkpoint(path, expect=_expect(cfg) if cfg is not None else {"kind": KIND})
+    try:
+        file_cfg = UCILConfig.from_dict(meta["config"])
+        seed = int(meta["seed"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its config cannot be read ({e}); was it written by another "
+                              "version of tinydan?") from None
+    named = UCIL_CONFIGS.get(file_cfg.name)
+    net, theta0 = initial_state(file_cfg, seed, population=1)
+    prefix = "best.phi." if any(k.startswith("best.phi.") for k in arrays) else "phi."
+    phi = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    try:
+        net.load_state_dict(phi)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: its phenotype does not fit config {file_cfg.name!r}: {e}") from None
+    crc = meta.get("theta0_crc32")
+    if crc is not None and crc != _theta_fingerprint(theta0):
+        raise CheckpointError(f"{path}: theta_0 regenerated from seed {seed} does not match the one "
+                              "the phenotype was trained with (made by another tinydan version?)")
+    meta = dict(meta)
+    if named is not None and named != file_cfg:
+        meta["note"] = f"config differs from the current {file_cfg.name!r} preset"
+    return Phenotype(file_cfg, net, theta0, seed, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# baselines, comparison on MNIST, results.json and figures
+# ---------------------------------------------------------------------------------------------
+NET0, RANDOM, PLAIN = "net0 (meta-learned DANs)", "random DANs", "plain autoencoder"
+PLAIN_NODES = "plain autoencoder, same nodes"      # context: the DAN network's nodes, plain neurons
+TAGS = {NET0: "net0", RANDOM: "random_dans", PLAIN: "plain_ae", PLAIN_NODES: "plain_ae_same_nodes"}
+
+
+def mnist_sequences(cfg: UCILConfig, data: UCILData, draws: int) -> np.ndarray:
+    """(draws, 10, shots, D): MNIST test digits 0..9 in order, ``shots`` random images each, from
+    the fixed evaluation seed (meta-training and validation never see MNIST)."""
+    if data.mnist is None:
+        raise ValueError("load_data(..., mnist=True) is needed for the MNIST deployment")
+    return sample_sequences(data.mnist, data.mnist_labels, np.arange(10), draws, 10, cfg.shots,
+                            np.random.default_rng(EVAL_SEED), ordered=True)
+
+
+def plain_autoencoder(cfg: UCILConfig, same_nodes: bool = False) -> PlainMLP:
+    """The baseline: an MLP autoencoder D -> ae_hidden -> D (tanh hidden, linear output; about as
+    many parameters as the DAN network has synapses), all of its weights plastic, trained
+    sequentially with SGD like the synapses of the DAN network. ``same_nodes``: the DAN network's
+    node counts instead (plain neurons where it has DANs): far fewer parameters."""
+    return PlainMLP(cfg.nodes if same_nodes else (cfg.nodes[0], *cfg.ae_hidden, cfg.nodes[-1]))
+
+
+def tune_ae_lr(cfg: UCILConfig, data: UCILData, seed: int = 0,
+               same_nodes: bool = False) -> tuple[float, dict]:
+    """The plain autoencoder's SGD learning rate, chosen on Omniglot validation sequences (never on
+    MNIST): the lowest mean final MSE among the rates of cfg.ae_lrs whose next larger rate in the
+    grid does not diverge either. The margin matters: plain SGD at the edge of stability on thin
+    Omniglot strokes diverges on MNIST's heavier ink."""
+    ae = plain_autoencoder(cfg, same_nodes)
+    theta0 = ae.init_synapses(1, np.random.default_rng([seed, 3]))
+    seqs = validation_sequences(cfg, data)
+    lrs = sorted(cfg.ae_lrs)
+    scores = {}
+    for lr in lrs:
+        with np.errstate(all="ignore"):
+            R = deploy(ae, theta0, seqs, cfg.deploy_steps, lr)["R"]
+        scores[lr] = float(R[:, -1].mean()) if np.all(np.isfinite(R)) else float("inf")
+        if not np.isfinite(scores[lr]):
+            break                               # larger rates diverge too
+    safe = [lr for lr, nxt in zip(lrs, lrs[1:]) if nxt in scores and np.isfinite(scores[nxt])]
+    pool = safe or [lr for lr in scores if np.isfinite(scores[lr])] or lrs[:1]
+    return min(pool, key=scores.get), scores
+
+
+def _fig2_points(cfg: UCILConfig, T: int = 10) -> list:
+    """Figure 2's moments: one step on the first digit, after digit 4, after the last digit."""
+    k = cfg.deploy_steps
+    return [(0, 1), (min(4, T - 1), k), (T - 1, k)]
+
+
+def _deploy_kwargs(cfg: UCILConfig) -> dict:
+    return {"group": cfg.deploy_group, "snapshots": _fig2_points(cfg),
+            "curve_every": max(1, cfg.deploy_steps // 3)}
+
+
+def _plain_ae_job(cfg_dict: dict, seqs: np.ndarray, seed: int, same_nodes: bool = False):
+    """Tune the plain autoencoder's lr on Omniglot, then deploy it on the MNIST draws (a worker job)."""
+    from .parallel import set_blas_threads
+    set_blas_threads(1)
+    cfg = UCILConfig.from_dict(cfg_dict)
+    lr, scores = tune_ae_lr(cfg, _cached_data(cfg, mnist=False), seed, same_nodes)
+    ae = plain_autoencoder(cfg, same_nodes)
+    theta0 = ae.init_synapses(1, np.random.default_rng([seed, 3]))
+    t = time.perf_counter()
+    with np.errstate(all="ignore"):           # a diverging run is reported, not fatal
+        res = deploy(ae, theta0, seqs, cfg.deploy_steps, lr, **_deploy_kwargs(cfg))
+    res["seconds"] = time.perf_counter() - t
+    res["lr"], res["lr_scores"] = lr, scores
+    return res
+
+
+def _random_dans_job(cfg_dict: dict, seqs: np.ndarray, seed: int):
+    """Deploy the random phi_0 of the run's seed on the MNIST draws (a worker job)."""
+    from .parallel import set_blas_threads
+    set_blas_threads(1)
+    cfg = UCILConfig.from_dict(cfg_dict)
+    ph = random_phenotype(cfg, seed)
+    t = time.perf_counter()
+    with np.errstate(all="ignore"):
+        res = deploy(ph.net, ph.theta0, seqs, cfg.deploy_steps, cfg.inner_lr, **_deploy_kwargs(cfg))
+    res["seconds"] = time.perf_counter() - t
+    return res
+
+
+def _versions() -> dict:
+    import matplotlib
+    import scipy
+    return {"tinydan": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
+            "matplotlib": matplotlib.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "cpus": os.cpu_count()}
+
+
+def _unseen_curve(curve: np.ndarray, steps_at: np.ndarray, steps: int) -> np.ndarray:
+    """Mean MSE on the classes not yet seen at each point: (S, n_points, T) -> (S, n_points - ...).
+
+    At n steps in all, class (n - 1) // steps is being learned, so the unseen ones are after it;
+    the last class's points have no unseen class left and are dropped.
+    """
+    T = curve.shape[-1]
+    cols = []
+    for p, n in enumerate(steps_at):
+        current = -1 if n == 0 else (int(n) - 1) // steps
+        if current + 1 < T:
+            cols.append(curve[:, p, current + 1:].mean(-1))
+    return np.stack(cols, axis=1)
+
+
+def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = False, log=print,
+            workers: int | None = None, data: UCILData | None = None, argv=None,
+            extra: dict | None = None, figures: str = "all") -> dict:
+    """Deploy the phenotype (net0), the random phi_0 (random DANs) and the plain autoencoder on the
+    same MNIST draws; write results.json, results.md and the figures to ``out_dir`` (``figures``:
+    "all", or "net0" for Figure 2 and the loss matrix of net0 and the transfer curve only)."""
+    from .parallel import Workers
+    cfg = ph.cfg
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = _cached_data(cfg, mnist=True) if data is None else data
+    draws = cfg.eval_draws if draws is None else int(draws)
+    seqs = mnist_sequences(cfg, data, draws)
+    t0 = time.perf_counter()
+    with Workers(workers) as pool:
+        fut_ae = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed)
+        fut_nodes = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed, True)
+        fut_rand = pool.submit(_random_dans_job, cfg.to_dict(), seqs, ph.seed)
+        bar = _progress(draws * cfg.n_classes * cfg.deploy_steps, "deploying net0 on MNIST", quiet,
+                        unit="draw-step")
+        t = time.perf_counter()
+        with np.errstate(all="ignore"):
+            net0 = deploy(ph.net, ph.theta0, seqs, cfg.deploy_steps, cfg.inner_lr,
+                          progress=None if bar is None else bar.update, **_deploy_kwargs(cfg))
+        net0["seconds"] = time.perf_counter() - t
+        if bar is not None:
+            bar.close()
+        log("net0 deployed; waiting for the baselines (random DANs, plain autoencoder)")
+        rand = fut_rand.result()
+        ae, ae_nodes = fut_ae.result(), fut_nodes.result()
+    runs = {NET0: net0, RANDOM: rand, PLAIN: ae, PLAIN_NODES: ae_nodes}
+    steps = cfg.deploy_steps
+    summaries, unseen, diverged = {}, {}, {}
+    for name, r in runs.items():
+        ok = np.all(np.isfinite(r["R"]), axis=(1, 2))         # a diverged draw has NaN/inf losses
+        diverged[name] = int((~ok).sum())
+        if ok.any():
+            summaries[name] = summarize(r["R"][ok])
+            unseen[name] = _unseen_curve(r["curve"][ok], r["curve_steps"], steps)
+    nan = (float("nan"), float("nan"))
+    finals = {name: (summaries[name]["final"]["mean"], summaries[name]["final"]["ci"])
+              if name in summaries else nan for name in runs}
+    transfer = {}
+    if NET0 in summaries:
+        tr = summaries[NET0]["transfer"]["mean"]
+        u = unseen[NET0]                                      # (S, points): the digits still to come
+        transfer = {
+            "transfer_loss_per_class": tr,
+            "unseen_loss_before_learning": mean_ci_dict(u[:, 0]),
+            "unseen_loss_before_the_last_digit": mean_ci_dict(u[:, -1]),
+            # forward transfer: the loss on not-yet-seen digits falls while earlier digits are learned
+            "drop_before_learning_to_before_last_digit": mean_ci_dict(u[:, 0] - u[:, -1]),
+            "falls": bool(tr[-2] < tr[0]),
+        }
+
+    def overlap(a, b):
+        return None if np.isnan(a[0]) or np.isnan(b[0]) else bool(ci_overlap(a, b))
+    comparison = {
+        "net0_final": finals[NET0], "random_final": finals[RANDOM], "plain_final": finals[PLAIN],
+        "net0_vs_random_ci_overlap": overlap(finals[NET0], finals[RANDOM]),
+        "net0_vs_plain_ci_overlap": overlap(finals[NET0], finals[PLAIN]),
+        "plain_same_nodes_final": finals[PLAIN_NODES],
+        "net0_vs_plain_same_nodes_ci_overlap": overlap(finals[NET0], finals[PLAIN_NODES]),
+        "net0_lowest": bool(finals[NET0][0] < np.nanmin([finals[RANDOM][0], finals[PLAIN][0], np.inf])),
+        "diverged_draws": diverged,
+    }
+    results = {
+        "experiment": "ucil", "command": _command(argv), "config": cfg.to_dict(), "seed": ph.seed,
+        "versions": _versions(), "draws": draws, "evaluation_seed": EVAL_SEED,
+        "phenotype": {k: ph.meta.get(k) for k in ("source", "path", "best_epoch", "best_val",
+                                                 "meta_train_seconds", "command") if k in ph.meta},
+        "protocol": f"MNIST test digits 0..9 in order, {cfg.shots} images each, {steps} SGD steps "
+                    f"(lr {cfg.inner_lr}) per digit on the synapses, phi fixed; R[i, j] = "
+                    f"reconstruction MSE on digit j after digit i; {draws} draws of the images",
+        "models": summaries,
+        "plain_autoencoders": {name: {"sizes": list(plain_autoencoder(cfg, same).sizes),
+                                      "parameters": plain_autoencoder(cfg, same).num_synapses(),
+                                      "lr": runs[name]["lr"], "lr_scores_on_omniglot":
+                                      {str(k): v for k, v in runs[name]["lr_scores"].items()}}
+                               for name, same in ((PLAIN, False), (PLAIN_NODES, True))},
+        "dan_network": {"synapses": ph.net.num_synapses(), "phi": ph.net.num_parameters()},
+        "comparison": comparison, "forward_transfer": transfer,
+        "unseen_curve": {name: {"steps": [int(n) for n in runs[name]["curve_steps"]][:u.shape[1]],
+                                "mean": u.mean(0)} for name, u in unseen.items()},
+        "seconds": {name: r["seconds"] for name, r in runs.items()} | {"compare": time.perf_counter() - t0},
+    }
+    if extra:
+        results.update(extra)
+    results = to_jsonable(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
+    table = results_table(summaries, metrics=("final", "forgetting"))
+    (out_dir / "results.md").write_text(
+        f"# UCIL on MNIST ({cfg.name})\n\n{results['protocol']}.\n\n{table}\n"
+        f"Plain autoencoders' SGD lr chosen on Omniglot validation sequences: {ae['lr']} "
+        f"({PLAIN}), {ae_nodes['lr']} ({PLAIN_NODES}).\n")
+    _figures(ph, seqs, runs, summaries, unseen, out_dir, only_net0=figures == "net0")
+    log(table)
+    log(f"wrote {out_dir}/results.json, results.md and figures")
+    return results
+
+
+def mean_ci_dict(values) -> dict:
+    """{"mean", "ci"} of per-draw values (95% t-interval)."""
+    from .continual import mean_ci
+    m, h = mean_ci(np.asarray(values, dtype=np.float64))
+    return {"mean": float(m), "ci": float(h)}
+
+
+def _figures(ph: Phenotype, seqs: np.ndarray, runs: dict, summaries: dict, unseen: dict,
+             out_dir: Path, only_net0: bool = False) -> None:
+    from .plots import plot_curves, plot_loss_matrix, plot_meta_training, plot_reconstruction_panels
+    cfg = ph.cfg
+    T, s = seqs.shape[1], seqs.shape[2]
+    side = cfg.image_side
+    labels = [str(d) for d in range(T)]
+    a, b, c = _fig2_points(cfg)
+    show = min(2, s)
+
+    def by_shot(imgs):                          # (T, s, D) -> rows of one image per digit
+        return imgs[:, :show].transpose(1, 0, 2).reshape(-1, side, side)
+
+    orig = seqs[0]
+    for name, r in runs.items():
+        if (only_net0 and name != NET0) or name not in summaries:
+            continue
+        rec = {k: np.clip(v, 0.0, 1.0) for k, v in r["recon"].items()}
+        tag = TAGS[name]
+        plot_reconstruction_panels([
+            ("after 1 step on the 0s: the 0s", orig[0].reshape(-1, side, side),
+             rec[a][0].reshape(-1, side, side)),
+            (f"after {cfg.deploy_steps} steps on each of 0-{b[0]}: all digits", by_shot(orig), by_shot(rec[b])),
+            (f"after 0-{c[0]}: all digits", by_shot(orig), by_shot(rec[c])),
+        ], out_dir / f"fig2_{tag}.png", ncols=T, title=f"{name}, MNIST deployment (draw 0)")
+        plot_loss_matrix(summaries[name]["R_mean"], out_dir / f"loss_matrix_{tag}.png",
+                         title=f"R[i, j], {name}", task_labels=labels)
+    for metric in ("transfer",) if only_net0 else ("transfer", "memory", "total"):
+        plot_curves({n: summaries[n][metric] for n in summaries}, out_dir / f"{metric}_curve.png",
+                    xlabel="after learning digit i", ylabel=f"{metric} loss (MSE)",
+                    title=f"{metric} loss over the MNIST deployment (mean, 95% CI)")
+    if only_net0:
+        return
+    from .continual import mean_ci
+    n_pts = min(u.shape[1] for u in unseen.values())
+    steps_at = next(iter(runs.values()))["curve_steps"][:n_pts]
+    plot_curves({n: mean_ci(u[:, :n_pts]) for n, u in unseen.items()}, out_dir / "unseen_digits_curve.png",
+                xlabel="SGD steps so far", ylabel="MSE on digits not yet seen",
+                title="forward transfer: loss on the digits still to come", x=steps_at)
+    hist = ph.meta.get("history")
+    if hist and hist.get("epoch"):
+        curves = {"meta-loss (mean per meta-epoch)": (hist["epoch"], hist["meta_loss"])}
+        vh = ph.meta.get("val_history")
+        if vh:
+            curves["validation final MSE (Omniglot)"] = ([e for e, _ in vh], [v for _, v in vh])
+        plot_meta_training(curves, out_dir / "meta_training.png", xlabel="meta-epoch", smooth=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark hook: one meta-step of the paper config
+# ---------------------------------------------------------------------------------------------
+def tune_allocator() -> bool:
+    """Keep freed memory in the process (glibc): mmap threshold 512 MiB, trim threshold 1 GiB.
+
+    Every op allocates its output, and glibc hands blocks above its mmap threshold back to the
+    kernel on free, so the next op page-faults and zero-fills them again: half the CPU time of a
+    DAN layer went to the kernel. With these settings the blocks are reused. Linux/glibc only;
+    returns whether it applied.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 512 << 20)) and bool(libc.mallopt(-1, 1 << 30))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def sgemm_gflops(n: int = 2048, repeat: int = 3) -> float:
+    """The machine's float32 matmul throughput: best of ``repeat`` n x n x n products, GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def meta_step_flops(cfg: UCILConfig, meta_grad: str = "first_order") -> float:
+    """Multiply-add FLOPs of one meta-step as written (VEC products and DAN layers; the banded
+    convolutions counted with their zeros, recomputation in the backward included): an estimate
+    for the fraction of matmul peak, not a measurement."""
+    net = build_ucil_net(cfg, np.random.default_rng(0))
+    M, b, B = cfg.population, cfg.shots, cfg.meta_batch
+    vec = 2.0 * net.num_synapses()
+    dan_fwd = 0.0
+    dan = net.dans[0]
+    for (c_in, c_out, k, s_in), block in zip(dan.conv_shapes, dan.blocks):
+        so = s_in - k + 1
+        dan_fwd += 2.0 * so * (so // block) * (k * (block + k - 1) * c_in) * (block * c_out)
+    dan_fwd += 2.0 * (dan.flat * dan.fc0_w.shape[1] + dan.fc0_w.shape[1])
+    n_dans = sum(cfg.nodes[1:])
+    # inner step: forward, backward for dX and dW (3 products per VEC), DAN forward x2 + backward x2
+    inner = M * b * (3 * vec + n_dans * dan_fwd * 4)
+    # meta step: forward, backward for dX only (2 products per VEC), DANs as above (+ dW of phi)
+    meta = M * B * (2 * vec + n_dans * dan_fwd * 4)
+    if meta_grad == "one_step":
+        inner *= 2
+    return inner + meta
+
+
+def _bench_child(meta_grad: str, repeat: int, blas_threads: int, dan_threads: int, conn) -> None:
+    import resource
+    tune_allocator()
+    from .parallel import set_blas_threads
+    set_blas_threads(blas_threads)
+    cfg = UCIL_CONFIGS["paper"].replace(meta_grad=meta_grad)
+    rng = np.random.default_rng(0)
+    net = build_ucil_net(cfg, rng)
+    for dan in net.dans:
+        dan.threads = dan_threads
+    theta0 = net.init_synapses(cfg.population, rng)
+    data = rng.random((cfg.population, cfg.n_classes, cfg.shots, cfg.nodes[0]), dtype=np.float32)
+    seq = ClassSequences(data, 1, cfg.meta_batch)
+    theta = {k: Tensor(v, requires_grad=True) for k, v in theta0.items()}
+    del theta0
+    times, cpu = [], []
+    for r in range(repeat + 1):                           # the first one warms up
+        x = data[:, r % cfg.n_classes]
+        xm, _ = seq.meta_batch(rng)
+        t, c = time.perf_counter(), time.process_time()
+        theta, _, _, lm = meta_step(net, theta, x, x, xm, xm, cfg.inner_lr, meta_grad)
+        if r:
+            times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024     # Linux: KiB
+    conn.send({"seconds": times, "cpu_seconds": cpu, "peak_rss_bytes": peak,
+               "synapses": net.num_synapses(), "phi": net.num_parameters(), "meta_loss": lm})
+    conn.close()
+
+
+def bench_paper_meta_step(meta_grad: str = "first_order", repeat: int = 3,
+                          threads: int | None = None, blas_threads: int = 1,
+                          gemm: bool = True) -> dict:
+    """Time one meta-step of the ``paper`` config (M = 3, 5 images per inner step, 50-image
+    meta-batch, 38.6M synapses per model) and measure its peak memory.
+
+    It runs in a fresh subprocess (fork), so that ``ru_maxrss`` (the peak resident set of that
+    process, which counts NumPy's buffers: tracemalloc does not see them all) is the meta-step's own
+    peak and nothing else's. ``threads`` (default: the cores, at most 2) is the number of threads
+    that run the chunks of the DAN layers (``ConvDAN.threads``); ``blas_threads`` the OpenBLAS
+    threads (default 1: the DAN layers are thousands of small products, where OpenBLAS threads
+    spin and cost far more than they give; threads over chunks use the cores instead). Returns the
+    median wall time and the spread, CPU time, peak memory, the machine's float32 matmul
+    throughput (a 2048^3 sgemm with ``threads`` BLAS threads: the peak those cores can give) and
+    the fraction of it the meta-step reaches, from ``meta_step_flops``.
+    """
+    import multiprocessing as mp
+    from .parallel import usable_cores
+    if meta_grad not in META_GRADS:
+        raise ValueError(f"meta_grad must be one of {META_GRADS}, got {meta_grad!r}")
+    threads = min(2, usable_cores()) if threads is None else int(threads)
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_bench_child, args=(meta_grad, int(repeat), int(blas_threads),
+                                                 threads, child))
+    proc.start()
+    child.close()
+    try:
+        res = parent.recv()
+    except EOFError:
+        proc.join()
+        raise RuntimeError(f"the benchmark subprocess died (exit code {proc.exitcode}); "
+                           "out of memory?") from None
+    proc.join()
+    out = {"config": "paper", "meta_grad": meta_grad, "population": 3, "inner_batch": 5,
+           "meta_batch": 50, "threads": threads, "blas_threads": int(blas_threads),
+           "repeat": int(repeat), **res}
+    out["median_seconds"] = float(np.median(res["seconds"]))
+    out["peak_rss_gib"] = res["peak_rss_bytes"] / 2 ** 30
+    flops = meta_step_flops(UCIL_CONFIGS["paper"], meta_grad)
+    out["gflop_per_step"] = flops / 1e9
+    out["achieved_gflops"] = flops / 1e9 / out["median_seconds"]
+    if gemm:
+        from .parallel import set_blas_threads
+        set_blas_threads(threads)
+        try:
+            out["sgemm_gflops"] = sgemm_gflops()
+        finally:
+            set_blas_threads(1)
+        out["fraction_of_sgemm_peak"] = out["achieved_gflops"] / out["sgemm_gflops"]
+    out["reference"] = {"pytorch_cpu_2_threads_seconds": 6.65, "pytorch_cpu_1_thread_seconds": 10.7,
+                        "pytorch_peak_gib": 3.95}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: run (default), meta-train, deploy, bench."""
+    p = argparse.ArgumentParser(
+        prog="python -m tinydan.ucil",
+        description="Unsupervised class-incremental learning with Deep Artificial Neurons (paper "
+                    "sections 3.2, 4.2, 6.2). With no command: meta-train the `small` config on "
+                    "Omniglot, deploy it on MNIST digits 0-9 in order, compare with random DANs and "
+                    "a plain autoencoder, write results.json and figures.")
+    sub = p.add_subparsers(dest="command", metavar="{run,meta-train,deploy,bench}")
+
+    def common(sp, training=True):
+        sp.add_argument("--out", type=Path, help="output folder (default runs/ucil-<time>)")
+        if training:
+            sp.add_argument("--seed", type=int, default=0,
+                            help="seed of the run: phi_0, theta_0, the meta-training draws (default 0)")
+        sp.add_argument("--draws", type=_positive_int,
+                        help="MNIST draws of the 5 images per digit (default: " +
+                             ("the config's, 20)" if training else f"{DEPLOY_DRAWS})"))
+        sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        sp.add_argument("--config", choices=sorted(UCIL_CONFIGS), default=None if not training else "small",
+                        help="model and protocol (default: small" +
+                             ("" if training else "; or the checkpoint's own") + ")")
+        if training:
+            sp.add_argument("--meta-grad", choices=list(META_GRADS),
+                            help="meta-gradient mode (default from the config: first_order)")
+            sp.add_argument("--epochs", type=_positive_int, help="meta-epochs (default from the config)")
+            sp.add_argument("--inner-lr", type=_positive_float, help="synapse SGD learning rate")
+            sp.add_argument("--meta-lr", type=_positive_float, help="phi Adam learning rate")
+            sp.add_argument("--resume", action="store_true",
+                            help="continue from OUT/checkpoint.npz (needs --out)")
+
+    common(sub.add_parser("run", help="meta-train, then deploy and compare (the default)"))
+    common(sub.add_parser("meta-train", help="meta-train only; writes OUT/checkpoint.npz"))
+    dp = sub.add_parser("deploy", help="deploy a phenotype on MNIST and compare with the baselines")
+    common(dp, training=False)
+    dp.add_argument("--checkpoint", type=Path, default=None,
+                    help=f"checkpoint or phenotype file (default: the shipped {SHIPPED_PHENOTYPE.name})")
+    bp = sub.add_parser("bench", help="time one meta-step of the paper config and its peak memory")
+    bp.add_argument("--meta-grad", choices=list(META_GRADS), default="first_order")
+    bp.add_argument("--repeat", type=_positive_int, default=3)
+    bp.add_argument("--threads", type=_positive_int,
+                    help="threads for the DAN layers' chunks (default: cores, at most 2)")
+    bp.add_argument("--blas-threads", type=_positive_int, default=1, help="OpenBLAS threads (default 1)")
+    return p
+
+
+def _config_from_args(a) -> UCILConfig:
+    over = {}
+    for field_name, arg in (("meta_grad", a.meta_grad), ("meta_epochs", a.epochs),
+                            ("inner_lr", a.inner_lr), ("meta_lr", a.meta_lr),
+                            ("eval_draws", a.draws)):
+        if arg is not None:
+            over[field_name] = arg
+    return ucil_config(a.config, **over)
+
+
+def main(argv=None) -> int:
+    """Entry point of ``python -m tinydan.ucil``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    typed = list(argv)                     # recorded as the command, as the user typed it
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run"] + argv
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.command == "bench":
+        res = bench_paper_meta_step(a.meta_grad, a.repeat, a.threads, a.blas_threads)
+        print(json.dumps(to_jsonable(res), indent=1))
+        return 0
+    from .parallel import set_blas_threads
+    set_blas_threads(1)        # many small products: one BLAS thread, the second core runs workers
+    tune_allocator()
+    out = a.out or Path("runs") / f"ucil-{datetime.now():%Y%m%d-%H%M%S}"
+    if getattr(a, "resume", False) and a.out is None:
+        parser.error("--resume needs --out pointing at the run folder to continue")
+    try:
+        if a.command == "deploy":
+            path = a.checkpoint or SHIPPED_PHENOTYPE
+            if not path.exists():
+                parser.error(f"checkpoint {path} does not exist; meta-train one with "
+                             "`python -m tinydan.ucil meta-train --out DIR`")
+            cfg = None if a.config is None else ucil_config(a.config)
+            ph = load_phenotype(path, cfg)
+            ph.meta["path"] = str(path)
+            print(f"deploying phenotype {path} (config {ph.cfg.name!r}, seed {ph.seed}, meta-epoch "
+                  f"{ph.meta.get('best_epoch', '?')}); writing to {out}")
+            draws = a.draws or DEPLOY_DRAWS
+            res = compare(ph, out, draws=draws, quiet=a.quiet, argv=typed)
+            _print_verdict(res)
+            return 0
+        cfg = _config_from_args(a)
+        print(f"config {cfg.name!r}: {cfg.meta_grad} meta-gradient, synapse lr {cfg.inner_lr}, phi "
+              f"lr {cfg.meta_lr}, {cfg.meta_epochs} meta-epochs of {cfg.n_classes} classes x "
+              f"{cfg.inner_steps} steps; writing to {out}")
+        t = time.perf_counter()
+        ph = meta_train(cfg, a.seed, out, resume=a.resume, quiet=a.quiet, argv=typed)
+        print(f"meta-training done in {ph.meta['meta_train_seconds']:.0f} s; best validation MSE "
+              f"{ph.meta['best_val']:.4f} at meta-epoch {ph.meta['best_epoch']}")
+        save_phenotype(ph, out / "phenotype.npz")
+        if a.command == "run":
+            res = compare(ph, out, quiet=a.quiet, argv=typed,
+                          extra={"wall_seconds_meta_training": time.perf_counter() - t})
+            _print_verdict(res)
+        return 0
+    except (CheckpointError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _print_verdict(res: dict) -> None:
+    c, m = res["comparison"], res["models"]
+    line = ", ".join(f"{name} {format_ci(m[name]['final']['mean'], m[name]['final']['ci'])}"
+                     if name in m else f"{name} diverged" for name in (NET0, RANDOM, PLAIN, PLAIN_NODES))
+    print(f"\nfinal MSE over all 10 digits (mean ± 95% CI over {res['draws']} draws): {line}")
+    print(f"net0 lowest: {c['net0_lowest']}; CI overlaps: random DANs {c['net0_vs_random_ci_overlap']}, "
+          f"plain autoencoder {c['net0_vs_plain_ci_overlap']}")
+    tr = res["forward_transfer"].get("transfer_loss_per_class")
+    if tr:
+        print("net0 transfer loss (digits not yet seen) after each digit: " +
+              " ".join("-" if v is None else f"{v:.4f}" for v in tr))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
