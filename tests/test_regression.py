@@ -130,7 +130,7 @@ def test_cli_run_writes_results_and_figures(tmp_path):
 @pytest.mark.parametrize("argv,msg", [
     (["run", "--config", "nope"], "invalid choice"),
     (["run", "--epochs", "0"], "must be at least 1"),
-    (["run", "--inner-lr", "-1"], "must be > 0"),
+    (["run", "--inner-lr", "-1"], "must be a finite number > 0"),
     (["run", "--meta-grad", "second"], "invalid choice"),
     (["run", "--resume"], "--resume needs --out"),
     (["deploy", "--checkpoint", "/nonexistent.npz"], "does not exist"),

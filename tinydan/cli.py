@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 __all__ = ["progress", "positive_int", "positive_float"]
 
@@ -33,6 +34,6 @@ def positive_float(s):
         v = float(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
     return v

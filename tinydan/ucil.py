@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cli import positive_float, positive_int, progress
 from . import __version__
 from .autograd import no_grad
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -440,13 +441,7 @@ def _validate_job(cfg_dict: dict, phi: dict, seed: int) -> float:
     return validate(net, theta0, cfg, _cached_data(cfg, mnist=False))
 
 
-def _progress(total, desc, disable=False, initial=0, unit="it"):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        return None
-    return tqdm(total=total, desc=desc, disable=disable, initial=initial, leave=False,
-                dynamic_ncols=True, unit=unit)
+_progress = progress                                              # tinydan.cli
 
 
 # fields that define the model: a phenotype deploys under a config only if these agree
@@ -1022,24 +1017,7 @@ def bench_paper_meta_step(meta_grad: str = "first_order", repeat: int = 3,
 # ---------------------------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------------------------
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
-    return v
+_positive_int, _positive_float = positive_int, positive_float     # tinydan.cli
 
 
 def build_parser() -> argparse.ArgumentParser:
