@@ -394,8 +394,9 @@ def count_synapses(cfg):
 
 # %%
 configs = [ucil.ucil_config(name) for name in ("tiny", "small", "paper")]
+_px = configs[0].nodes[0]                     # pixels of the tiny config's images
 configs += [ucil.ucil_config("small", skips=()), ucil.ucil_config("tiny", n_channels=25),
-            ucil.ucil_config("tiny", nodes=(784, 5, 7, 3, 784), skips=((0, 2), (0, 4), (1, 3)))]
+            ucil.ucil_config("tiny", nodes=(_px, 5, 7, 3, _px), skips=((0, 2), (0, 4), (1, 3)))]
 for c in configs:
     want = ucil.build_ucil_net(c).num_synapses()
     got = count_synapses(c)
