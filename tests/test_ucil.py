@@ -304,3 +304,4 @@ def test_bench_hook_flop_model():
     vec_only = 2.0 * 38_576_400 * (3 * 5 * 3 + 3 * 50 * 2)
     assert vec_only < f < 5 * vec_only
     assert ucil.meta_step_flops(cfg.replace(meta_batch=10)) < f
+    assert vec_only < ucil.meta_step_flops(cfg, as_executed=False) < f
