@@ -88,60 +88,63 @@ def _backprop(roots: Sequence[Tensor], root_grads: Sequence[Tensor], wanted: set
 
     Returns a dict keyed by the Tensors themselves (hashed by identity).
     """
-    # 1. topological order (inputs first), and which Tensors lead to something wanted: one pass
-    order: list[Tensor] = []
-    done: set = set()
+    # 1. one depth-first pass (explicit stack): the op nodes in topological order (inputs first),
+    #    each with which of its inputs lead to something wanted ("relevant"); irrelevant nodes and
+    #    leaves are left out of the walk
+    order: list = []                     # (op node, needs) pairs
     seen: set = set()
-    relevant: set | None = None if wanted is None else set()
+    relevant: set = set()
     stack = [r for r in roots if r.requires_grad]
     while stack:
         t = stack[-1]
         if t in seen:
             stack.pop()
-            if t not in done:
-                done.add(t)
-                order.append(t)
-                if relevant is not None:
-                    if t in wanted:
-                        relevant.add(t)
-                    else:
-                        for x in t._inputs:
-                            if x in relevant:
-                                relevant.add(t)
-                                break
+            if t in relevant:
+                continue
+            inputs = t._inputs
+            n = len(inputs)
+            if n == 0:                                       # a root that is a leaf
+                if wanted is None or t in wanted:
+                    relevant.add(t)
+                continue                                  # unrolled: this runs once per op
+            if n == 1:
+                needs = (inputs[0] in relevant,)
+            elif n == 2:
+                needs = (inputs[0] in relevant, inputs[1] in relevant)
+            else:
+                needs = tuple([x in relevant for x in inputs])
+            if wanted is not None and t in wanted:
+                relevant.add(t)
+            if True in needs:
+                relevant.add(t)
+                order.append((t, needs))
             continue
         seen.add(t)
         for x in t._inputs:
             if x.requires_grad and x not in seen:
-                stack.append(x)
+                if x._inputs:
+                    stack.append(x)
+                else:                                        # a leaf: settled here, not pushed
+                    seen.add(x)
+                    if wanted is None or x in wanted:
+                        relevant.add(x)
     # 2. walk back from the outputs, summing the gradients that reach each Tensor
     grads: dict = {}
     for r, g in zip(roots, root_grads):
         if r.requires_grad:
-            grads[r] = g if r not in grads else grads[r] + g
+            old = grads.get(r)
+            grads[r] = g if old is None else old + g
+    keep = () if wanted is None else wanted          # non-leaf Tensors whose gradient is returned
     prev = set_grad_enabled(create_graph)
     try:
-        for t in reversed(order):
-            op = t._op
-            if op is None:
-                continue
-            if wanted is None or t not in wanted:
-                g = grads.pop(t, None)         # free intermediate gradients as we go
-            else:
-                g = grads.get(t)
+        for t, needs in reversed(order):
+            g = grads.get(t) if t in keep else grads.pop(t, None)   # free intermediates as we go
             if g is None:
                 continue
-            inputs = t._inputs
-            if relevant is None:
-                needs = tuple([x.requires_grad for x in inputs])
-            else:
-                needs = tuple([x in relevant for x in inputs])
-            if True not in needs:
-                continue
             t.needs_input_grad = needs
-            in_grads = op.backward(t, g)
+            in_grads = t._op.backward(t, g)
             t.needs_input_grad = None
-            for x, need, gx in zip(inputs, needs, in_grads):
+            for x, need, gx in zip(t._inputs, needs, in_grads):
                 if need and gx is not None:
                     old = grads.get(x)
                     grads[x] = gx if old is None else old + gx

@@ -219,6 +219,10 @@ def apply(op, *inputs: Tensor, **attrs) -> Tensor:
         a, b = inputs
         out.data = op.forward(out, a.data, b.data, **attrs)
         record = _grad_enabled and (a.requires_grad or b.requires_grad)
+    elif n == 3:
+        a, b, c = inputs
+        out.data = op.forward(out, a.data, b.data, c.data, **attrs)
+        record = _grad_enabled and (a.requires_grad or b.requires_grad or c.requires_grad)
     else:
         out.data = op.forward(out, *[t.data for t in inputs], **attrs)
         record = _grad_enabled and any(t.requires_grad for t in inputs)

@@ -33,7 +33,7 @@ def _matmul_forward(a, b):
 
 def _mm(a: Tensor, b: Tensor, ta: bool = False, tb: bool = False) -> Tensor:
     """op(a) @ op(b) where op transposes the last two axes when its flag is set (internal)."""
-    return apply(MatMul, a, b, ta=ta, tb=tb)
+    return apply(_MATMULS[ta, tb], a, b)
 
 
 def _matmul_grads(g, a, b, ta, tb, na, nb):
@@ -61,18 +61,56 @@ def _matmul_grads(g, a, b, ta, tb, na, nb):
 
 
 class MatMul(Op):
+    """C = op(A) op(B); the subclasses read A and/or B transposed (views, no copies), so that every
+    matmul gradient is itself one matmul with no transpose op in the graph."""
+
+    ta = tb = False
+
     @staticmethod
-    def forward(ctx, a, b, ta=False, tb=False):
-        # (..., n, k) @ (..., k, m) -> (..., n, m); ta/tb read a or b transposed (a view)
-        ctx.saved = (ta, tb)
-        return _matmul_forward(_mT_array(a) if ta else a, _mT_array(b) if tb else b)
+    def forward(ctx, a, b):
+        # (..., n, k) @ (..., k, m) -> (..., n, m)
+        return _matmul_forward(a, b)
 
     @staticmethod
     def backward(ctx, g):
-        a, b = ctx.inputs
-        ta, tb = ctx.saved
+        a, b = ctx._inputs
+        op = ctx._op
         na, nb = ctx.needs_input_grad
-        return _matmul_grads(g, a, b, ta, tb, na, nb)
+        return _matmul_grads(g, a, b, op.ta, op.tb, na, nb)
+
+
+class MatMulTA(MatMul):
+    """C = A^T B (over the last two axes)."""
+
+    ta = True
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return _matmul_forward(a.swapaxes(-1, -2), b)
+
+
+class MatMulTB(MatMul):
+    """C = A B^T."""
+
+    tb = True
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return _matmul_forward(a, b.swapaxes(-1, -2))
+
+
+class MatMulTT(MatMul):
+    """C = A^T B^T."""
+
+    ta = tb = True
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return _matmul_forward(a.swapaxes(-1, -2), b.swapaxes(-1, -2))
+
+
+_MATMULS = {(False, False): MatMul, (True, False): MatMulTA, (False, True): MatMulTB,
+            (True, True): MatMulTT}
 
 
 class Linear(Op):
@@ -89,7 +127,7 @@ class Linear(Op):
 
     @staticmethod
     def backward(ctx, g):
-        x, w, b = ctx.inputs
+        x, w, b = ctx._inputs
         nx, nw, nb = ctx.needs_input_grad
         gx, gw = _matmul_grads(g, x, w, False, False, nx, nw)
         return gx, gw, (sum_to(g, b.data.shape) if nb else None)

@@ -59,19 +59,30 @@ class BroadcastTo(Op):
         return (sum_to(g, ctx.inputs[0].shape),)
 
 
+_SUM_AXES: dict = {}
+
+
 def _sum_axes(shape_from, shape_to):
-    lead = len(shape_from) - len(shape_to)
-    return tuple(range(lead)) + tuple(
-        i + lead for i, s in enumerate(shape_to) if s == 1 and shape_from[i + lead] != 1)
+    """(axes to sum, whether they are only the leading ones) to reduce shape_from to shape_to."""
+    key = (shape_from, shape_to)
+    hit = _SUM_AXES.get(key)
+    if hit is None:
+        lead = len(shape_from) - len(shape_to)
+        axes = tuple(range(lead)) + tuple(
+            i + lead for i, s in enumerate(shape_to) if s == 1 and shape_from[i + lead] != 1)
+        hit = (axes, len(axes) == lead)
+        if len(_SUM_AXES) < 4096:                   # memo: the same few shapes recur every step
+            _SUM_AXES[key] = hit
+    return hit
 
 
 class SumTo(Op):
     @staticmethod
     def forward(ctx, a, shape):
-        lead = a.ndim - len(shape)
-        axes = _sum_axes(a.shape, shape)
-        if len(axes) == lead:                       # only leading axes: no keepdims round trip
-            return np.asarray(a.sum(axis=axes))
+        axes, leading_only = _sum_axes(a.shape, shape)
+        if leading_only:                            # no keepdims round trip
+            out = a.sum(axis=axes)
+            return out if type(out) is np.ndarray else np.asarray(out)
         return np.asarray(a.sum(axis=axes, keepdims=True)).reshape(shape)
 
     @staticmethod
