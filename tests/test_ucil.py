@@ -265,6 +265,15 @@ def test_tiny_end_to_end(tmp_path, data):
     for png in ("fig2_net0.png", "loss_matrix_net0.png", "transfer_curve.png"):
         assert (tmp_path / "deploy" / png).stat().st_size > 1000, png
 
+    # the CLI's `deploy` without --baselines: net0 alone, fast; the comparison says nothing
+    assert ucil.main(["deploy", "--checkpoint", str(path), "--quiet", "--draws", "2",
+                      "--out", str(tmp_path / "net0_only")]) == 0
+    alone = json.loads((tmp_path / "net0_only" / "results.json").read_text())
+    assert list(alone["models"]) == [ucil.NET0] and alone["draws"] == 2
+    assert alone["comparison"]["net0_vs_plain_ci_overlap"] is None
+    assert alone["comparison"]["net0_lowest"] is None and "plain_autoencoders" in alone
+    assert alone["plain_autoencoders"] == {}
+
 
 def test_shipped_phenotype_loads_and_deploys(data):
     assert ucil.SHIPPED_PHENOTYPE.exists(), "tinydan/phenotypes/ucil_small.npz is missing"

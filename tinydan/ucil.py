@@ -762,10 +762,11 @@ def _unseen_curve(curve: np.ndarray, steps_at: np.ndarray, steps: int) -> np.nda
 
 def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = False, log=print,
             workers: int | None = None, data: UCILData | None = None, argv=None,
-            extra: dict | None = None, figures: str = "all") -> dict:
+            extra: dict | None = None, figures: str = "all", baselines: bool = True) -> dict:
     """Deploy the phenotype (net0), the random phi_0 (random DANs) and the plain autoencoder on the
     same MNIST draws; write results.json, results.md and the figures to ``out_dir`` (``figures``:
-    "all", or "net0" for Figure 2 and the loss matrix of net0 and the transfer curve only)."""
+    "all", or "net0" for Figure 2 and the loss matrix of net0 and the transfer curve only).
+    ``baselines=False``: net0 alone (seconds instead of minutes; the comparison fields are None)."""
     from .parallel import Workers
     cfg = ph.cfg
     out_dir = Path(out_dir)
@@ -774,10 +775,11 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
     draws = cfg.eval_draws if draws is None else int(draws)
     seqs = mnist_sequences(cfg, data, draws)
     t0 = time.perf_counter()
-    with Workers(workers) as pool:
-        fut_ae = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed)
-        fut_nodes = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed, True)
-        fut_rand = pool.submit(_random_dans_job, cfg.to_dict(), seqs, ph.seed)
+    with Workers(workers if baselines else 0) as pool:
+        if baselines:
+            fut_ae = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed)
+            fut_nodes = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed, True)
+            fut_rand = pool.submit(_random_dans_job, cfg.to_dict(), seqs, ph.seed)
         bar = _progress(draws * cfg.n_classes * cfg.deploy_steps, "deploying net0 on MNIST", quiet,
                         unit="draw-step")
         t = time.perf_counter()
@@ -787,10 +789,11 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
         net0["seconds"] = time.perf_counter() - t
         if bar is not None:
             bar.close()
-        log("net0 deployed; waiting for the baselines (random DANs, plain autoencoder)")
-        rand = fut_rand.result()
-        ae, ae_nodes = fut_ae.result(), fut_nodes.result()
-    runs = {NET0: net0, RANDOM: rand, PLAIN: ae, PLAIN_NODES: ae_nodes}
+        runs = {NET0: net0}
+        if baselines:
+            log("net0 deployed; waiting for the baselines (random DANs, plain autoencoder)")
+            runs[RANDOM] = fut_rand.result()
+            runs[PLAIN], runs[PLAIN_NODES] = fut_ae.result(), fut_nodes.result()
     steps = cfg.deploy_steps
     summaries, unseen, diverged = {}, {}, {}
     for name, r in runs.items():
@@ -801,7 +804,7 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
             unseen[name] = _unseen_curve(r["curve"][ok], r["curve_steps"], steps)
     nan = (float("nan"), float("nan"))
     finals = {name: (summaries[name]["final"]["mean"], summaries[name]["final"]["ci"])
-              if name in summaries else nan for name in runs}
+              if name in summaries else nan for name in (NET0, RANDOM, PLAIN, PLAIN_NODES)}
     transfer = {}
     if NET0 in summaries:
         tr = summaries[NET0]["transfer"]["mean"]
@@ -823,7 +826,8 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
         "net0_vs_plain_ci_overlap": overlap(finals[NET0], finals[PLAIN]),
         "plain_same_nodes_final": finals[PLAIN_NODES],
         "net0_vs_plain_same_nodes_ci_overlap": overlap(finals[NET0], finals[PLAIN_NODES]),
-        "net0_lowest": bool(finals[NET0][0] < np.nanmin([finals[RANDOM][0], finals[PLAIN][0], np.inf])),
+        "net0_lowest": (bool(finals[NET0][0] < np.nanmin([finals[RANDOM][0], finals[PLAIN][0], np.inf]))
+                        if baselines else None),
         "diverged_draws": diverged,
     }
     results = {
@@ -839,7 +843,7 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
                                       "parameters": plain_autoencoder(cfg, same).num_synapses(),
                                       "lr": runs[name]["lr"], "lr_scores_on_omniglot":
                                       {str(k): v for k, v in runs[name]["lr_scores"].items()}}
-                               for name, same in ((PLAIN, False), (PLAIN_NODES, True))},
+                               for name, same in ((PLAIN, False), (PLAIN_NODES, True)) if name in runs},
         "dan_network": {"synapses": ph.net.num_synapses(), "phi": ph.net.num_parameters()},
         "comparison": comparison, "forward_transfer": transfer,
         "unseen_curve": {name: {"steps": [int(n) for n in runs[name]["curve_steps"]][:u.shape[1]],
@@ -851,11 +855,13 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
     results = to_jsonable(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     table = results_table(summaries, metrics=("final", "forgetting"))
+    lrs = (f"Plain autoencoders' SGD lr chosen on Omniglot validation sequences: {runs[PLAIN]['lr']} "
+           f"({PLAIN}), {runs[PLAIN_NODES]['lr']} ({PLAIN_NODES}).\n" if baselines else
+           "net0 only (no baselines were deployed in this run).\n")
     (out_dir / "results.md").write_text(
-        f"# UCIL on MNIST ({cfg.name})\n\n{results['protocol']}.\n\n{table}\n"
-        f"Plain autoencoders' SGD lr chosen on Omniglot validation sequences: {ae['lr']} "
-        f"({PLAIN}), {ae_nodes['lr']} ({PLAIN_NODES}).\n")
-    _figures(ph, seqs, runs, summaries, unseen, out_dir, only_net0=figures == "net0")
+        f"# UCIL on MNIST ({cfg.name})\n\n{results['protocol']}.\n\n{table}\n{lrs}")
+    _figures(ph, seqs, runs, summaries, unseen, out_dir,
+             only_net0=figures == "net0" or not baselines)
     log(table)
     log(f"wrote {out_dir}/results.json, results.md and figures")
     return results
@@ -1107,6 +1113,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(dp, training=False)
     dp.add_argument("--checkpoint", type=Path, default=None,
                     help=f"checkpoint or phenotype file (default: the shipped {SHIPPED_PHENOTYPE.name})")
+    dp.add_argument("--baselines", action="store_true",
+                    help="also deploy random DANs and the plain autoencoders (their learning rates "
+                         "tuned on Omniglot first): minutes instead of seconds")
     bp = sub.add_parser("bench", help="time one meta-step of the paper config and its peak memory")
     bp.add_argument("--meta-grad", choices=list(META_GRADS), default="first_order")
     bp.add_argument("--repeat", type=_positive_int, default=3)
@@ -1156,8 +1165,10 @@ def main(argv=None) -> int:
             print(f"deploying phenotype {path} (config {ph.cfg.name!r}, seed {ph.seed}, meta-epoch "
                   f"{ph.meta.get('best_epoch', '?')}); writing to {out}")
             draws = a.draws or DEPLOY_DRAWS
-            res = compare(ph, out, draws=draws, quiet=a.quiet, argv=typed)
+            res = compare(ph, out, draws=draws, quiet=a.quiet, argv=typed, baselines=a.baselines)
             _print_verdict(res)
+            if not a.baselines:
+                _print_recorded(ph)
             return 0
         cfg = _config_from_args(a)
         print(f"config {cfg.name!r}: {cfg.meta_grad} meta-gradient, synapse lr {cfg.inner_lr}, phi "
@@ -1182,15 +1193,29 @@ def main(argv=None) -> int:
 
 def _print_verdict(res: dict) -> None:
     c, m = res["comparison"], res["models"]
+    deployed = [name for name in (NET0, RANDOM, PLAIN, PLAIN_NODES) if name in c["diverged_draws"]]
     line = ", ".join(f"{name} {format_ci(m[name]['final']['mean'], m[name]['final']['ci'])}"
-                     if name in m else f"{name} diverged" for name in (NET0, RANDOM, PLAIN, PLAIN_NODES))
+                     if name in m else f"{name} diverged" for name in deployed)
     print(f"\nfinal MSE over all 10 digits (mean ± 95% CI over {res['draws']} draws): {line}")
-    print(f"net0 lowest: {c['net0_lowest']}; CI overlaps: random DANs {c['net0_vs_random_ci_overlap']}, "
-          f"plain autoencoder {c['net0_vs_plain_ci_overlap']}")
+    if len(deployed) > 1:
+        print(f"net0 lowest: {c['net0_lowest']}; CI overlaps: random DANs "
+              f"{c['net0_vs_random_ci_overlap']}, plain autoencoder {c['net0_vs_plain_ci_overlap']}")
     tr = res["forward_transfer"].get("transfer_loss_per_class")
     if tr:
         print("net0 transfer loss (digits not yet seen) after each digit: " +
               " ".join("-" if v is None else f"{v:.4f}" for v in tr))
+
+
+def _print_recorded(ph: Phenotype) -> None:
+    """The comparison recorded in the phenotype file when it was made (baselines not rerun)."""
+    rec = ph.meta.get("results")
+    if not rec:
+        print("(run with --baselines to deploy random DANs and the plain autoencoders too)")
+        return
+    finals = rec.get("final_mse", {})
+    line = ", ".join(f"{name} {format_ci(v['mean'], v['ci'])}" for name, v in finals.items())
+    print(f"recorded in the phenotype ({rec.get('draws')} draws, `{rec.get('command')}`): {line}")
+    print("(run with --baselines to deploy the baselines again on these draws)")
 
 
 if __name__ == "__main__":
