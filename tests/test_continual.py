@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from tinydan import continual
 from tinydan.continual import (ci_overlap, final_loss, format_ci, forgetting, mean_ci, memory_loss,
                                results_table, summarize, to_jsonable, total_loss, transfer_loss)
 
@@ -169,3 +170,14 @@ def test_results_table_is_markdown_with_mean_and_ci():
         results_table(rows, metrics=("memory",))
     with pytest.raises(ValueError, match="no metric 'accuracy'"):
         results_table(rows, metrics=("accuracy",))
+
+
+def test_choose_on_validation_uses_the_mean_and_skips_diverged_runs():
+    # value 1: lower median (0.1) but a heavy tail; value 2: lower mean; value 3: diverged
+    finals = {1.0: np.array([0.1, 0.1, 5.0]), 2.0: np.array([0.5, 0.5, 0.5]),
+              3.0: np.array([np.nan, 0.0, 0.0])}
+    best, scores = continual.choose_on_validation(lambda v: finals[v], [1.0, 2.0, 3.0])
+    assert best == 2.0
+    assert scores[1.0] == pytest.approx(5.2 / 3) and scores[3.0] == float("inf")
+    best, _ = continual.choose_on_validation(lambda v: np.array([np.inf]), [0.1, 0.2])
+    assert best == 0.1                               # all diverged: the first, reported as inf

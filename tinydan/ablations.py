@@ -71,7 +71,7 @@ import numpy as np
 from . import __version__
 from .autograd import grad, no_grad
 from .checkpoint import CheckpointError
-from .continual import format_ci, mean_ci, results_table, summarize, to_jsonable
+from .continual import choose_on_validation, format_ci, mean_ci, results_table, summarize, to_jsonable
 from .meta import MetaTrainer, SynapseAdam, task_loss
 from .models import REGRESSION_CONFIGS, PlainMLP, RegressionConfig, build_regression_net, regression_config
 from .nn.dan import SHARINGS
@@ -447,12 +447,6 @@ def _mlp_theta0(seed: int) -> dict:
     return PlainMLP(MLP_SIZES).init_synapses(1, np.random.default_rng([seed, 5]))
 
 
-def _tune(score_fn, grid) -> tuple:
-    """(best value, {value: mean final validation MSE}) over ``grid``."""
-    scores = {float(v): float(score_fn(v)) for v in grid}
-    return min(scores, key=scores.get), scores
-
-
 def _cell_baseline(spec: dict) -> dict:
     """baselines: the plain MLP sequentially with SGD ("naive"), "ewc" or "replay", tuned on the
     validation functions, then deployed on the held-out functions."""
@@ -469,11 +463,13 @@ def _cell_baseline(spec: dict) -> dict:
     out: dict = {"method": method}
     if method == "ewc":
         lr = spec["inputs"]["naive"]["lr"]
-        lam, scores = _tune(lambda v: final(val, lr=lr, method="ewc", lam=v).mean(), spec["ewc_lambdas"])
+        lam, scores = choose_on_validation(lambda v: final(val, lr=lr, method="ewc", lam=v),
+                                          spec["ewc_lambdas"])
         out.update(lr=lr, lam=lam, val_scores=scores)
         kw = {"lr": lr, "method": "ewc", "lam": lam}
     else:
-        lr, scores = _tune(lambda v: final(val, lr=v, method=method, **opts).mean(), spec["lr_grid"])
+        lr, scores = choose_on_validation(lambda v: final(val, lr=v, method=method, **opts),
+                                         spec["lr_grid"])
         out.update(lr=lr, val_scores=scores)
         kw = {"lr": lr, "method": method, **opts}
     out["R"] = sequential_deploy(mlp, theta0, held, cfg, seed=seed, **kw)["R"]

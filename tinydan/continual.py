@@ -50,6 +50,7 @@ __all__ = [
     "summarize",
     "to_jsonable",
     "results_table",
+    "choose_on_validation",
 ]
 
 SCALAR_METRICS = ("final", "forgetting")
@@ -199,6 +200,21 @@ def ci_overlap(a, b):
     with np.errstate(invalid="ignore"):
         overlap = (np.abs(ma - mb) <= ha + hb) | np.isnan(ha) | np.isnan(hb)
     return bool(overlap) if overlap.ndim == 0 else overlap
+
+
+def choose_on_validation(final_losses, grid) -> tuple:
+    """argmin over v in ``grid`` of mean(final_losses(v)): (best value, {value: mean}).
+
+    ``final_losses(v)`` gives the final loss of every validation sequence for the hyper-parameter
+    value v. One criterion for every tuned baseline (the MEAN over sequences, the figure the
+    results report); a non-finite mean (a diverged run) is never chosen unless all are.
+    """
+    scores = {}
+    for v in grid:
+        with np.errstate(all="ignore"):
+            m = float(np.mean(final_losses(v)))
+        scores[float(v)] = m if math.isfinite(m) else float("inf")
+    return min(scores, key=scores.get), scores
 
 
 # ---------------------------------------------------------------------------------------------------
