@@ -273,6 +273,14 @@ def test_tiny_end_to_end(tmp_path, data):
     assert alone["comparison"]["net0_vs_plain_ci_overlap"] is None
     assert alone["comparison"]["net0_lowest"] is None and "plain_autoencoders" in alone
     assert alone["plain_autoencoders"] == {}
+    # net0's draws split between this process and a worker: the same losses as in one process
+    split = ucil.compare(ph, tmp_path / "split", draws=3, quiet=True, workers=1, data=data,
+                         log=lambda *a: None, baselines=False)
+    inline = ucil.compare(ph, tmp_path / "inline", draws=3, quiet=True, workers=0, data=data,
+                          log=lambda *a: None, baselines=False)
+    assert np.allclose(split["models"][ucil.NET0]["R_mean"], inline["models"][ucil.NET0]["R_mean"],
+                       rtol=1e-5, atol=1e-7)
+    assert split["models"][ucil.NET0]["n_sequences"] == 3
 
 
 def test_shipped_phenotype_loads_and_deploys(data):

@@ -4,7 +4,8 @@ deploy them on MNIST, compare.
     python -m tinydan.ucil                       # meta-train `small` (~15 min), deploy, compare, plot
     python -m tinydan.ucil meta-train --config small --meta-grad one_step --out runs/os
     python -m tinydan.ucil meta-train --out runs/os --resume --epochs 20   # continue a run
-    python -m tinydan.ucil deploy                # the shipped phenotype (~1-2 min, 5 draws)
+    python -m tinydan.ucil deploy                # the shipped phenotype, net0 alone (5 draws)
+    python -m tinydan.ucil deploy --baselines    # ... and the baselines again (minutes)
     python -m tinydan.ucil deploy --checkpoint runs/<run>/checkpoint.npz --draws 20
     python -m tinydan.ucil bench                 # one meta-step of the paper config: time, memory
 
@@ -724,6 +725,19 @@ def _plain_ae_job(cfg_dict: dict, seqs: np.ndarray, seed: int, same_nodes: bool 
     return res
 
 
+def _phenotype_job(cfg_dict: dict, phi: dict, seqs: np.ndarray, seed: int):
+    """Deploy a phi (theta_0 regenerated from the seed) on some draws, in a worker process: with
+    no baselines to run, net0's draws are split between the cores."""
+    from .parallel import set_blas_threads
+    set_blas_threads(1)
+    cfg = UCILConfig.from_dict(cfg_dict)
+    net, theta0 = initial_state(cfg, seed, population=1)
+    net.load_state_dict(phi)
+    kw = {**_deploy_kwargs(cfg), "snapshots": ()}
+    with np.errstate(all="ignore"):
+        return deploy(net, theta0, seqs, cfg.deploy_steps, cfg.inner_lr, **kw)
+
+
 def _random_dans_job(cfg_dict: dict, seqs: np.ndarray, seed: int):
     """Deploy the random phi_0 of the run's seed on the MNIST draws (a worker job)."""
     from .parallel import set_blas_threads
@@ -775,17 +789,26 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
     draws = cfg.eval_draws if draws is None else int(draws)
     seqs = mnist_sequences(cfg, data, draws)
     t0 = time.perf_counter()
-    with Workers(workers if baselines else 0) as pool:
+    with Workers(workers) as pool:
+        here = draws
         if baselines:
             fut_ae = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed)
             fut_nodes = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed, True)
             fut_rand = pool.submit(_random_dans_job, cfg.to_dict(), seqs, ph.seed)
-        bar = _progress(draws * cfg.n_classes * cfg.deploy_steps, "deploying net0 on MNIST", quiet,
+        elif pool.n > 0 and draws > 1:             # nothing else to run: split net0's draws
+            here = (draws + 1) // 2
+            fut_rest = pool.submit(_phenotype_job, cfg.to_dict(), ph.net.state_dict(),
+                                   seqs[here:], ph.seed)
+        bar = _progress(here * cfg.n_classes * cfg.deploy_steps, "deploying net0 on MNIST", quiet,
                         unit="draw-step")
         t = time.perf_counter()
         with np.errstate(all="ignore"):
-            net0 = deploy(ph.net, ph.theta0, seqs, cfg.deploy_steps, cfg.inner_lr,
+            net0 = deploy(ph.net, ph.theta0, seqs[:here], cfg.deploy_steps, cfg.inner_lr,
                           progress=None if bar is None else bar.update, **_deploy_kwargs(cfg))
+        if here < draws:                           # the worker's draws, in order after ours
+            rest = fut_rest.result()
+            net0["R"] = np.concatenate([net0["R"], rest["R"]])
+            net0["curve"] = np.concatenate([net0["curve"], rest["curve"]])
         net0["seconds"] = time.perf_counter() - t
         if bar is not None:
             bar.close()
