@@ -129,7 +129,9 @@ class Linear(Op):
     def backward(ctx, g):
         x, w, b = ctx._inputs
         nx, nw, nb = ctx.needs_input_grad
-        gx, gw = _matmul_grads(g, x, w, False, False, nx, nw)
+        # y = x W + b:  dx = g W^T,  dW = x^T g,  db = g summed over the broadcast axes
+        gx = sum_to(apply(MatMulTB, g, w), x.data.shape) if nx else None
+        gw = sum_to(apply(MatMulTA, x, g), w.data.shape) if nw else None
         return gx, gw, (sum_to(g, b.data.shape) if nb else None)
 
 
