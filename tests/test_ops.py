@@ -210,3 +210,12 @@ def test_mse_backward_is_itself_differentiable_to_second_order():
         w = td.tensor(np.zeros(p.shape), requires_grad=True)      # d/dw at w = 0 is d/dp
         return td.grad(td.mse_loss(td.tanh(p + w), t * t), w, create_graph=True)
     check_grad(grad_of_mse, r(3, 2), r(3, 2), order=2)
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 1.0, 1.5, -0.2])
+def test_leaky_relu_any_slope(slope):
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 5))
+    out = td.leaky_relu(td.tensor(a), slope).data
+    assert np.allclose(out, np.where(a > 0, a, slope * a))
+    check_grad(lambda x: td.leaky_relu(x, slope) * x, a, order=2)

@@ -20,7 +20,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..autograd import enable_grad, grad, no_grad
 from ..tensor import Op, Tensor, apply, is_grad_enabled, wrap
-from .elementwise import _pair, add, mask_mul
+from .elementwise import _pair, add, leaky_mask, mask_mul
 from .linalg import matmul
 from .shape import broadcast_to, concatenate, getitem, pad, reshape, sum_to, transpose
 
@@ -241,15 +241,6 @@ def banded_weight(weight: Tensor, block: int) -> Tensor:
     return reshape(flat, (kh * L * c, block * f))
 
 
-def _leaky_mask(out: np.ndarray, slope: float) -> np.ndarray:
-    """d leaky_relu / d input from the OUTPUT's sign (same sign as the input for slope >= 0):
-    1 where out > 0, slope elsewhere; arithmetic, because np.where on a random mask is slow."""
-    mask = (out > 0).astype(out.dtype)
-    mask *= 1 - slope
-    mask += slope
-    return mask
-
-
 class BandedConv(Op):
     @staticmethod
     def forward(ctx, x, band, bias_row, kh, win, step, slope):
@@ -271,7 +262,7 @@ class BandedConv(Op):
         n, h, wc = x.shape
         g2 = reshape(g, (-1, band.shape[1]))                          # (N*OH*nb, block*F)
         if slope is not None:
-            g2 = mask_mul(g2, _leaky_mask(ctx.data, slope).reshape(g2.shape))
+            g2 = mask_mul(g2, leaky_mask(ctx.data, slope).reshape(g2.shape))
         gx = gband = gbias = None
         if nx:
             gcols = matmul(g2, transpose(band))                         # (N*OH*nb, kh*win)

@@ -221,16 +221,27 @@ class Relu(Op):
         return (mask_mul(g, (ctx.inputs[0].data > 0).astype(g.dtype)),)
 
 
+def leaky_mask(a: np.ndarray, slope: float) -> np.ndarray:
+    """d leaky_relu(a) / da: 1 where a > 0, slope elsewhere. For slope >= 0 the output has the
+    input's sign, so the output works as ``a`` too. Arithmetic on the boolean mask, because
+    np.where on a random mask is several times slower."""
+    mask = (a > 0).astype(a.dtype)
+    mask *= 1 - slope
+    mask += slope
+    return mask
+
+
 class LeakyRelu(Op):
     @staticmethod
     def forward(ctx, a, slope):
         ctx.saved = slope
+        if 0.0 <= slope <= 1.0:                      # max(a, slope a): one pass, no mask
+            return np.maximum(a, a * np.asarray(slope, a.dtype))
         return np.where(a > 0, a, a * slope)
 
     @staticmethod
     def backward(ctx, g):
-        a = ctx.inputs[0].data
-        return (mask_mul(g, np.where(a > 0, 1.0, ctx.saved).astype(g.dtype)),)
+        return (mask_mul(g, leaky_mask(ctx.inputs[0].data, ctx.saved)),)
 
 
 class Abs(Op):
