@@ -221,6 +221,37 @@ def test_class_sequences_protocol():
         assert len(rows) == 5 and all(len(r) == 1 for r in rows)
 
 
+def test_thick_strokes_sequences(data):
+    thick = ucil.thicken_strokes(14)
+    assert thick.shape == data.omniglot.shape and thick.dtype == np.float32
+    assert 0 <= thick.min() and thick.max() <= 1 and thick.mean() > 1.5 * data.omniglot.mean()
+    assert np.all(thick >= data.omniglot - 1e-6)            # thickening only adds ink
+    both = ucil.UCILData(**{**data.__dict__, "omniglot_thick": thick})
+    pool = both.train_classes
+
+    def draw(p):
+        cfg = ucil.ucil_config("tiny", thick_strokes=p)
+        return ucil.omniglot_sequences(cfg, both, pool, 4, np.random.default_rng(5))
+    cfg0 = ucil.ucil_config("tiny")
+    plain = ucil.sample_sequences(data.omniglot, data.omniglot_labels, pool, 4, cfg0.n_classes,
+                                  cfg0.shots, np.random.default_rng(5))
+    assert np.array_equal(draw(0.0), plain)                  # p = 0: the SPEC's preprocessing
+    all_thick = draw(1.0)
+    mixed = draw(0.5)
+    assert all_thick.shape == plain.shape and np.all(all_thick >= plain - 1e-6)
+    is_thick = np.array([[np.array_equal(mixed[i, t], all_thick[i, t]) and
+                          not np.array_equal(mixed[i, t], plain[i, t]) for t in range(plain.shape[1])]
+                         for i in range(4)])
+    is_thin = np.array([[np.array_equal(mixed[i, t], plain[i, t]) for t in range(plain.shape[1])]
+                        for i in range(4)])
+    assert np.all(is_thick | is_thin) and is_thick.any() and is_thin.any()   # whole classes, both kinds
+    with pytest.raises(ValueError, match="thick_strokes"):
+        ucil.ucil_config("tiny", thick_strokes=1.5)
+    # resuming a checkpoint written before the field existed: the default is not demanded
+    assert "thick_strokes" not in ucil._expect(cfg0, for_resume=True)["config"]
+    assert ucil._expect(ucil.ucil_config("tiny", thick_strokes=0.5), True)["config"]["thick_strokes"] == 0.5
+
+
 def test_tiny_end_to_end(tmp_path, data):
     cfg = ucil.ucil_config("tiny")
     # meta-train 2 epochs in one go, and 1 + 1 with a resume: the same phi
@@ -300,12 +331,14 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert e.value.code == 0
     assert "meta-train" in capsys.readouterr().out
     for bad in (["--config", "huge"], ["run", "--epochs", "0"], ["run", "--meta-grad", "second"],
-                ["meta-train", "--inner-lr", "-1"], ["run", "--resume"]):
+                ["meta-train", "--inner-lr", "-1"], ["run", "--resume"],
+                ["meta-train", "--thick-strokes", "2"]):
         with pytest.raises(SystemExit) as e:
             ucil.main(bad)
         assert e.value.code == 2, bad
     err = capsys.readouterr().err
     assert "invalid choice: 'huge'" in err and "must be at least 1" in err and "--resume needs --out" in err
+    assert "thick_strokes is a probability" in err
     with pytest.raises(SystemExit):
         ucil.main(["deploy", "--checkpoint", str(tmp_path / "missing.npz")])
     assert "does not exist" in capsys.readouterr().err

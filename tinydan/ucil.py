@@ -92,7 +92,7 @@ from .nn.dan import ConvDAN, DANNetwork, InputConvDAN
 from .tensor import Tensor, wrap
 
 __all__ = ["UCILConfig", "UCIL_CONFIGS", "ucil_config", "build_ucil_net", "UCILData", "load_data",
-           "ClassSequences", "deploy", "meta_train", "Phenotype", "load_phenotype",
+           "ClassSequences", "omniglot_sequences", "thicken_strokes", "deploy", "meta_train", "Phenotype", "load_phenotype",
            "save_phenotype", "random_phenotype", "compare", "bench_paper_meta_step", "main",
            "SHIPPED_PHENOTYPE", "KIND"]
 
@@ -142,6 +142,10 @@ class UCILConfig:
     deploy_group: int = 20                     # draws deployed at once (memory)
     ae_hidden: tuple = (512, 256, 512)         # the plain autoencoder baseline
     ae_lrs: tuple = (0.1, 0.3, 1.0, 3.0, 10.0)  # its SGD learning rates, chosen on Omniglot
+    # Probability that a class of a meta-training or validation sequence is drawn with thickened
+    # strokes (2x2 max filter at 28x28, then area-downsampled): a broader ink distribution than
+    # Omniglot's thin strokes. 0: the SPEC's preprocessing.
+    thick_strokes: float = 0.0
 
     def __post_init__(self):
         if self.meta_grad not in META_GRADS:
@@ -152,6 +156,8 @@ class UCILConfig:
         if math.isqrt(self.n_channels) ** 2 != self.n_channels:
             raise ValueError(f"n_channels must be a square number (a DAN reads a square image), "
                              f"got {self.n_channels}")
+        if not 0.0 <= self.thick_strokes <= 1.0:
+            raise ValueError(f"thick_strokes is a probability in [0, 1], got {self.thick_strokes}")
         for name in ("inner_lr", "meta_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -269,6 +275,7 @@ class UCILData:
     val_classes: np.ndarray
     mnist: np.ndarray | None = None
     mnist_labels: np.ndarray | None = None
+    omniglot_thick: np.ndarray | None = None   # the same images with thickened strokes
 
 
 def load_data(cfg: UCILConfig, mnist: bool = True) -> UCILData:
@@ -285,12 +292,41 @@ def load_data(cfg: UCILConfig, mnist: bool = True) -> UCILData:
                          f"{len(classes)} Omniglot characters for meta-training, got {n_val}")
     data = UCILData(om.images.reshape(len(om.images), -1), om.labels,
                     np.sort(perm[n_val:]), np.sort(perm[:n_val]))
+    if cfg.thick_strokes > 0:
+        data.omniglot_thick = thicken_strokes(cfg.image_side)
     if mnist:
         images, labels = load_mnist("test")
         if images.shape[1] != cfg.image_side:            # `small` works on 14x14 images
             images = area_downsample(images, cfg.image_side)
         data.mnist, data.mnist_labels = images.reshape(len(images), -1), labels
     return data
+
+
+def thicken_strokes(side: int) -> np.ndarray:
+    """Omniglot small1 + small2 with every stroke one pixel thicker at 28x28 (a 2x2 max filter),
+    area-downsampled to side x side and flattened: (N, side * side), in load_omniglot's order."""
+    from scipy.ndimage import maximum_filter
+    from .datasets import area_downsample, load_omniglot
+    om = load_omniglot(("small1", "small2"), size=28)
+    thick = maximum_filter(om.images, size=(1, 2, 2))
+    if side != 28:
+        thick = area_downsample(thick, side)
+    return thick.reshape(len(thick), -1).astype(np.float32)
+
+
+def omniglot_sequences(cfg: "UCILConfig", data: "UCILData", class_pool, n_sequences: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    """(n_sequences, n_classes, shots, D) Omniglot sequences; with cfg.thick_strokes = p > 0 each
+    class of each sequence comes with thickened strokes with probability p (same images)."""
+    if cfg.thick_strokes <= 0 or data.omniglot_thick is None:
+        return sample_sequences(data.omniglot, data.omniglot_labels, class_pool, n_sequences,
+                                cfg.n_classes, cfg.shots, rng)
+    D = data.omniglot.shape[1]
+    both = np.concatenate([data.omniglot, data.omniglot_thick], axis=1)    # (N, 2D): same draws
+    seqs = sample_sequences(both, data.omniglot_labels, class_pool, n_sequences, cfg.n_classes,
+                            cfg.shots, rng)
+    thick = rng.random((n_sequences, cfg.n_classes)) < cfg.thick_strokes
+    return np.where(thick[:, :, None, None], seqs[..., D:], seqs[..., :D])
 
 
 def sample_sequences(images: np.ndarray, labels: np.ndarray, class_pool, n_sequences: int,
@@ -426,8 +462,7 @@ def random_phenotype(cfg: UCILConfig, seed: int = 0) -> Phenotype:
 
 def _sampler(cfg: UCILConfig, data: UCILData):
     def sample(rng):
-        imgs = sample_sequences(data.omniglot, data.omniglot_labels, data.train_classes,
-                                cfg.population, cfg.n_classes, cfg.shots, rng)
+        imgs = omniglot_sequences(cfg, data, data.train_classes, cfg.population, rng)
         return ClassSequences(imgs, cfg.inner_steps, cfg.meta_batch)
     return sample
 
@@ -448,7 +483,7 @@ _DATA_CACHE: dict = {}
 
 
 def _cached_data(cfg: UCILConfig, mnist: bool) -> UCILData:
-    key = (cfg.image_side, cfg.val_classes, cfg.n_classes, mnist)
+    key = (cfg.image_side, cfg.val_classes, cfg.n_classes, mnist, cfg.thick_strokes > 0)
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = load_data(cfg, mnist=mnist)
     return _DATA_CACHE[key]
@@ -456,9 +491,8 @@ def _cached_data(cfg: UCILConfig, mnist: bool) -> UCILData:
 
 def validation_sequences(cfg: UCILConfig, data: UCILData) -> np.ndarray:
     """The fixed validation draw: cfg.val_sequences sequences of held-out Omniglot characters."""
-    return sample_sequences(data.omniglot, data.omniglot_labels, data.val_classes,
-                            cfg.val_sequences, cfg.n_classes, cfg.shots,
-                            np.random.default_rng(VAL_SEED))
+    return omniglot_sequences(cfg, data, data.val_classes, cfg.val_sequences,
+                              np.random.default_rng(VAL_SEED))
 
 
 def validate(net, theta0: dict, cfg: UCILConfig, data: UCILData) -> float:
@@ -491,8 +525,9 @@ RESUMABLE_FIELDS = ("meta_epochs", "eval_draws", "deploy_group")
 
 def _expect(cfg: UCILConfig, for_resume: bool = False) -> dict:
     d = cfg.to_dict()
-    if for_resume:
-        return {"kind": KIND, "config": {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS}}
+    if for_resume:                       # (a field at its default may be absent from older files)
+        return {"kind": KIND, "config": {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS
+                                         and not (k == "thick_strokes" and v == 0.0)}}
     return {"kind": KIND, "config": {"name": cfg.name, **{k: d[k] for k in MODEL_FIELDS}}}
 
 
@@ -1130,6 +1165,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--epochs", type=_positive_int, help="meta-epochs (default from the config)")
             sp.add_argument("--inner-lr", type=_positive_float, help="synapse SGD learning rate")
             sp.add_argument("--meta-lr", type=_positive_float, help="phi Adam learning rate")
+            sp.add_argument("--thick-strokes", type=float, metavar="P",
+                            help="probability that a meta-training/validation class has thickened "
+                                 "strokes (default from the config: 0)")
             sp.add_argument("--resume", action="store_true",
                             help="continue from OUT/checkpoint.npz (needs --out)")
 
@@ -1155,7 +1193,7 @@ def _config_from_args(a) -> UCILConfig:
     over = {}
     for field_name, arg in (("meta_grad", a.meta_grad), ("meta_epochs", a.epochs),
                             ("inner_lr", a.inner_lr), ("meta_lr", a.meta_lr),
-                            ("eval_draws", a.draws)):
+                            ("eval_draws", a.draws), ("thick_strokes", a.thick_strokes)):
         if arg is not None:
             over[field_name] = arg
     return ucil_config(a.config, **over)
@@ -1196,7 +1234,10 @@ def main(argv=None) -> int:
             if not a.baselines:
                 _print_recorded(ph)
             return 0
-        cfg = _config_from_args(a)
+        try:
+            cfg = _config_from_args(a)
+        except ValueError as e:
+            parser.error(str(e))
         print(f"config {cfg.name!r}: {cfg.meta_grad} meta-gradient, synapse lr {cfg.inner_lr}, phi "
               f"lr {cfg.meta_lr}, {cfg.meta_epochs} meta-epochs of {cfg.n_classes} classes x "
               f"{cfg.inner_steps} steps; writing to {out}")
