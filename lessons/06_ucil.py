@@ -306,7 +306,8 @@ plt.show()
 # of the current digit after one step, earlier digits still recognisable after all ten, and later
 # digits already reconstructed before they are seen. With the few meta-steps above (when no
 # phenotype is shipped) you should not expect that; the full comparison, over 20 draws with
-# confidence intervals and a plain autoencoder baseline, is `python -m tinydan.ucil deploy`.
+# confidence intervals and the plain autoencoder baselines, is
+# `python -m tinydan.ucil deploy --baselines --draws 20`.
 
 # %% [markdown]
 # ## Exercises
