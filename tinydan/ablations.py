@@ -653,28 +653,6 @@ def _aggregate_curves(study, cfg, sizes, done, out):
     return summaries, md, [path.name], {}
 
 
-def _plot_arms(runs: dict, path: Path, xlabel: str, ylabel: str, title: str) -> None:
-    """One colour per arm ("<arm>-seed<k>" names), one line with markers per seed, log y."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = fig.add_subplot()
-    colours = {}
-    for name, (x, y) in sorted(runs.items()):
-        arm = name.rsplit("-seed", 1)[0]
-        first = arm not in colours
-        colours.setdefault(arm, f"C{len(colours)}")
-        ax.plot(x, y, marker="o", markersize=3, linewidth=1.5, color=colours[arm],
-                label=arm if first else None)
-    ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png", bbox_inches="tight", pad_inches=0.1)
-
-
 def _aggregate_meta_grad(cfg, sizes, done, out):
     arms: dict = {}
     for name, d in done.items():
@@ -696,11 +674,12 @@ def _aggregate_meta_grad(cfg, sizes, done, out):
                      f"{np.mean([r['seconds'] for _, r in runs]):.1f}",
                      f"{np.mean([r['best_val'] for _, r in runs]):.4f}",
                      format_ci(s["final"]["mean"], s["final"]["ci"])])
+    from . import plots
     clock = "CPU" if sizes.clock == "cpu" else "wall-clock"
-    _plot_arms(val_hist, out / "meta_grad_validation.png", f"meta-training {clock} seconds",
-               "validation final MSE", "first_order vs one_step: deployment on validation functions")
-    _plot_arms(loss_hist, out / "meta_grad_meta_loss.png", f"meta-training {clock} seconds",
-               "meta-loss (mean per meta-epoch)", "first_order vs one_step: meta-loss")
+    plots.plot_arms(val_hist, out / "meta_grad_validation.png", f"meta-training {clock} seconds",
+                    "validation final MSE", "first_order vs one_step: deployment on validation functions")
+    plots.plot_arms(loss_hist, out / "meta_grad_meta_loss.png", f"meta-training {clock} seconds",
+                    "meta-loss (mean per meta-epoch)", "first_order vs one_step: meta-loss")
     base = _meta_grad_config(cfg)
     note = ("" if base == cfg else f" One-step differentiates through an SGD step, so both arms "
             f"use SGD synapses (lr {base.inner_lr}) instead of the config's {cfg.inner_optimizer}.")

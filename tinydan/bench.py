@@ -90,7 +90,6 @@ if __name__ == "__main__":           # BEFORE importing NumPy (in this module, a
     _set_blas_threads_or_reexec(sys.argv[1:])
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402

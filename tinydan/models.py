@@ -4,7 +4,7 @@ Configs are dataclasses so that a checkpoint can store them as JSON and refuse a
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -13,6 +13,18 @@ from .nn.dan import SHARINGS, DANNetwork, MLPDAN
 __all__ = ["RegressionConfig", "REGRESSION_CONFIGS", "regression_config", "build_regression_net"]
 
 OUTPUTS = ("scaled_tanh", "linear")
+
+
+def config_from_dict(cls, d: dict, what: str):
+    """A config dataclass from its to_dict() form: JSON lists become tuples again (at any depth);
+    a key that is not a field of ``cls`` is an error naming it."""
+    unknown = set(d) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown {what} config fields {sorted(unknown)}")
+
+    def tup(v):
+        return tuple(tup(x) for x in v) if isinstance(v, list) else v
+    return cls(**{k: tup(v) for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -88,13 +100,7 @@ class RegressionConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RegressionConfig":
         """Inverse of to_dict; unknown keys are an error."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown regression config fields {sorted(unknown)}")
-        conv = {k: (tuple(tuple(x) if isinstance(x, list) else x for x in v)
-                    if isinstance(v, list) else v) for k, v in d.items()}
-        return cls(**conv)
+        return config_from_dict(cls, d, "regression")
 
     def replace(self, **changes) -> "RegressionConfig":
         """A copy with some fields changed."""

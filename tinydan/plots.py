@@ -76,6 +76,18 @@ def _save(fig: Figure, path) -> Figure:
     return fig
 
 
+def _finish(fig: Figure, ax, path, xlabel: str, ylabel: str, title: str, logy: bool = False) -> Figure:
+    """The line plots' common ending: labels, title, grid, legend, optional log y; saved to `path`."""
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    return _save(fig, path)
+
+
 def moving_average(values, window: int) -> np.ndarray:
     """Trailing mean over the last `window` finite values (fewer at the start), (n,) -> (n,); NaN/inf are skipped."""
     v = _floats(values, "values")
@@ -202,16 +214,9 @@ def plot_curves(curves: Mapping[str, object], path, xlabel: str = "after sub-tas
         if logy:  # a band reaching zero or below would vanish on a log axis: clip it at a tenth of the mean
             lo = np.where(lo > 0, lo, mean / 10)
         ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    if logy:
-        ax.set_yscale("log")
     if x is None:
         ax.set_xticks(xs)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel, ylabel, title, logy)
 
 
 def plot_meta_training(history: Mapping[str, tuple], path, title: str = "meta-training", ylabel: str = "meta-loss",
@@ -250,14 +255,21 @@ def plot_meta_training(history: Mapping[str, tuple], path, title: str = "meta-tr
             centre = np.nanmean(np.where(np.isfinite(runs), runs, np.nan), axis=0) if len(runs) > 1 else runs[0]
         ax.plot(steps, moving_average(centre, window), linewidth=2.2, color=colour, zorder=3,
                 label=f"{name} (moving average of {window})" if window > 1 else name)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel, ylabel, title, logy)
+
+
+def plot_arms(runs: Mapping[str, tuple], path, xlabel: str, ylabel: str, title: str) -> Figure:
+    """One colour per arm, one line with markers per seed, log y; runs = {"<arm>-seed<k>": (x, y)}."""
+    fig = _new_figure(6.4, 4.2)
+    ax = fig.add_subplot()
+    colours: dict = {}
+    for name, (x, y) in sorted(runs.items()):
+        arm = name.rsplit("-seed", 1)[0]
+        first = arm not in colours
+        colours.setdefault(arm, f"C{len(colours)}")
+        ax.plot(x, y, marker="o", markersize=3, linewidth=1.5, color=colours[arm],
+                label=arm if first else None)
+    return _finish(fig, ax, path, xlabel, ylabel, title, logy=True)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,8 +35,7 @@ from .meta import MetaTrainer, SynapseAdam, deploy_step, task_loss
 from .models import (REGRESSION_CONFIGS, PlainMLP, RegressionConfig, build_regression_net,
                      regression_config)
 from .optim import Adam
-from .tasks import (EVAL_SEED, VAL_SEED, SineFunctions, SineSequence, sample_functions,
-                    sample_sines, windows)
+from .tasks import EVAL_SEED, VAL_SEED, SineFunctions, SineSequence, sample_functions
 from .tensor import Tensor, wrap
 
 __all__ = ["deploy", "meta_train", "load_phenotype", "save_phenotype", "train_joint", "tune_mlp_lr",

@@ -78,7 +78,7 @@ import shlex
 import sys
 import time
 import zlib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -91,7 +91,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import DatasetError
 from .continual import ci_overlap, format_ci, results_table, summarize, to_jsonable
 from .meta import META_GRADS, MetaTrainer, deploy_step, meta_step
-from .models import PlainMLP
+from .models import PlainMLP, config_from_dict
 from .nn.dan import ConvDAN, DANNetwork, InputConvDAN
 from .tensor import Tensor, wrap
 
@@ -180,14 +180,7 @@ class UCILConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "UCILConfig":
         """Inverse of to_dict; unknown keys are an error."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown UCIL config fields {sorted(unknown)}")
-
-        def tup(v):
-            return tuple(tup(x) for x in v) if isinstance(v, list) else v
-        return cls(**{k: tup(v) for k, v in d.items()})
+        return config_from_dict(cls, d, "UCIL")
 
     def replace(self, **changes) -> "UCILConfig":
         """A copy with some fields changed."""

@@ -7,7 +7,6 @@ from ..tensor import Op, Tensor, apply, wrap
 from .elementwise import _pair, as_tensor, exp, log, mul, neg, sub
 from .reduce import mean
 from .reduce import sum as tsum
-from .shape import sum_to
 
 
 class MSE(Op):

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..tensor import Op, Tensor, apply
 from .elementwise import as_tensor, mask_mul, mul
-from .shape import BroadcastTo, Reshape, broadcast_to, reshape
+from .shape import broadcast_to, reshape
 
 
 def _axes(axis, ndim):
