@@ -222,17 +222,21 @@ print(f"deploying phenotype: {ph.meta.get('source', ph.meta.get('command', '?'))
 #
 # The paper takes 60 steps per digit and averages over 20 draws of the images; to run in seconds
 # we take **20 steps per digit on one draw** (`python -m tinydan.ucil deploy` does the full
-# protocol). Both models see the same images and start from the same theta_0; the random DANs are
-# the phi_0 that meta-training started from.
+# protocol). Both models see the same images, start from the same theta_0 and learn with the same
+# synapse learning rate: the one recorded in the phenotype file (`small` chooses it on Omniglot
+# validation with the plain autoencoders' rule, `ucil.deploy_lr`), else the meta-training rate.
+# The random DANs are the phi_0 that meta-training started from.
 
 # %%
+LR = float(ph.meta.get("deploy_lr", cfg.inner_lr))
+print(f"synapse learning rate for both models: {LR}")
 STEPS = 20
 images = mnist_seq[None]                                             # (1 draw, 10 digits, 5, 784)
 snap = [(0, 1), (4, STEPS), (9, STEPS)]
 runs = {}
 for name, model_ph in [(net0_name, ph), ("random DANs", ucil.random_phenotype(cfg, ph.seed))]:
     t = time.perf_counter()
-    runs[name] = ucil.deploy(model_ph.net, model_ph.theta0, images, STEPS, cfg.inner_lr,
+    runs[name] = ucil.deploy(model_ph.net, model_ph.theta0, images, STEPS, LR,
                              snapshots=snap, curve_every=STEPS // 2)
     print(f"{name:24s} deployed in {time.perf_counter() - t:4.1f} s: final MSE over all digits "
           f"{continual.final_loss(runs[name]['R'])[0]:.4f}, forgetting "
@@ -298,11 +302,11 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# What to look for. With phi fixed, everything the network learns is in the synapses, at the
-# protocol's small learning rate (`cfg.inner_lr` = 0.01). With random DANs that is very little: the
-# rows of R hardly change from one digit to the next, the reconstructions stay the faint noise the
-# random synapses start from, and the transfer curve is nearly flat. A meta-learned phenotype is meta-trained
-# precisely so that these few small steps count: the paper's Figure 2 shows crisp reconstructions
+# What to look for. With phi fixed, everything the network learns is in the synapses. With random
+# DANs the network learns each digit slowly and blurrily (random DANs pass little signal from their
+# inputs to their output, so the synapses' gradients are weak), and what it learned of the earlier
+# digits fades. A meta-learned phenotype is meta-trained precisely so that a few SGD steps count
+# and interfere little: the paper's Figure 2 shows crisp reconstructions
 # of the current digit after one step, earlier digits still recognisable after all ten, and later
 # digits already reconstructed before they are seen. With the few meta-steps above (when no
 # phenotype is shipped) you should not expect that; the full comparison, over 20 draws with

@@ -314,6 +314,31 @@ def test_tiny_end_to_end(tmp_path, data):
     assert split["models"][ucil.NET0]["n_sequences"] == 3
 
 
+def test_deploy_lr_rule(tmp_path, data, monkeypatch):
+    """tune_deploy_lr: net0's and the random DANs' lr come from the plain autoencoders' grid and
+    rule on Omniglot validation, are recorded in results.json and the phenotype file, and a
+    recorded rate is reused without choosing again; off, the meta-training rate is used."""
+    cfg = ucil.ucil_config("tiny", tune_deploy_lr=True, ae_lrs=(0.01, 0.1, 1e6))
+    ph = ucil.random_phenotype(cfg, 0)
+    # the rule: 1e6 diverges, so 0.1 (whose next larger rate diverges) is not safe: 0.01
+    lr, scores = ucil.choose_lr(ph.net, ph.theta0, cfg, data)
+    assert scores[1e6] == float("inf") and np.isfinite(scores[0.01]) and lr == 0.01
+    assert ucil.deploy_lr(ph, data)[0] == lr and ph.meta["deploy_lr"] == lr
+    assert ucil.deploy_lr(ucil.random_phenotype(cfg.replace(tune_deploy_lr=False), 0))[0] == cfg.inner_lr
+    res = ucil.compare(ph, tmp_path / "dep", draws=2, quiet=True, workers=0, data=data,
+                       log=lambda *a: None, figures="net0")
+    assert res["deploy_lrs"][ucil.NET0]["lr"] == lr and res["deploy_lrs"][ucil.RANDOM]["lr"] == lr
+    assert f"net0 lr {lr}" in res["protocol"]
+    path = ucil.save_phenotype(ph, tmp_path / "ph.npz")
+    again = ucil.load_phenotype(path)
+    assert again.meta["deploy_lr"] == lr
+
+    def refuse(*a, **k):
+        raise AssertionError("a recorded deployment lr must not be chosen again")
+    monkeypatch.setattr(ucil, "choose_lr", refuse)
+    assert ucil.deploy_lr(again)[0] == lr
+
+
 def test_shipped_phenotype_loads_and_deploys(data):
     assert ucil.SHIPPED_PHENOTYPE.exists(), "tinydan/phenotypes/ucil_small.npz is missing"
     assert ucil.SHIPPED_PHENOTYPE.stat().st_size < 1_000_000
@@ -323,6 +348,14 @@ def test_shipped_phenotype_loads_and_deploys(data):
     out = ucil.deploy(ph.net, ph.theta0, seqs, 2, ph.cfg.inner_lr, snapshots=[(0, 1)])
     assert out["R"].shape == (1, 2, 2) and np.all(np.isfinite(out["R"]))
     assert out["recon"][(0, 1)].shape == (2, ph.cfg.shots, ph.cfg.image_side ** 2)
+
+
+def test_cli_config_flags():
+    parse = ucil.build_parser().parse_args
+    paperlike = ucil._config_from_args(parse(["run", "--no-tune-deploy-lr", "--thick-strokes", "0"]))
+    assert paperlike.tune_deploy_lr is False and paperlike.thick_strokes == 0.0
+    default = ucil._config_from_args(parse(["run"]))
+    assert default == ucil.ucil_config("small") and default.tune_deploy_lr and default.thick_strokes == 0.5
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
