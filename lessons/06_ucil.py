@@ -228,7 +228,7 @@ print(f"deploying phenotype: {ph.meta.get('source', ph.meta.get('command', '?'))
 # The random DANs are the phi_0 that meta-training started from.
 
 # %%
-LR = float(ph.meta.get("deploy_lr", cfg.inner_lr))
+LR = float(ph.meta.get("deploy_lr", ph.cfg.inner_lr))
 print(f"synapse learning rate for both models: {LR}")
 STEPS = 20
 images = mnist_seq[None]                                             # (1 draw, 10 digits, 5, 784)

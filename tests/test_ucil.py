@@ -318,17 +318,26 @@ def test_deploy_lr_rule(tmp_path, data, monkeypatch):
     """tune_deploy_lr: net0's and the random DANs' lr come from the plain autoencoders' grid and
     rule on Omniglot validation, are recorded in results.json and the phenotype file, and a
     recorded rate is reused without choosing again; off, the meta-training rate is used."""
-    cfg = ucil.ucil_config("tiny", tune_deploy_lr=True, ae_lrs=(0.01, 0.1, 1e6))
+    cfg = ucil.ucil_config("tiny", tune_deploy_lr=True, ae_lrs=(0.03, 0.3, 1e6))
     ph = ucil.random_phenotype(cfg, 0)
-    # the rule: 1e6 diverges, so 0.1 (whose next larger rate diverges) is not safe: 0.01
+    # the rule: 1e6 diverges, so 0.3 (whose next larger rate diverges) is not safe: 0.03
     lr, scores = ucil.choose_lr(ph.net, ph.theta0, cfg, data)
-    assert scores[1e6] == float("inf") and np.isfinite(scores[0.01]) and lr == 0.01
+    assert scores[1e6] == float("inf") and np.isfinite(scores[0.03]) and lr == 0.03 != cfg.inner_lr
     assert ucil.deploy_lr(ph, data)[0] == lr and ph.meta["deploy_lr"] == lr
     assert ucil.deploy_lr(ucil.random_phenotype(cfg.replace(tune_deploy_lr=False), 0))[0] == cfg.inner_lr
+    # the chosen rate is the one deployed with: inline, with the baselines, and split over a worker
+    seqs = ucil.mnist_sequences(cfg, data, 2)
+    want = ucil.deploy(ph.net, ph.theta0, seqs, cfg.deploy_steps, lr)["R"].mean(0)
+    other = ucil.deploy(ph.net, ph.theta0, seqs, cfg.deploy_steps, cfg.inner_lr)["R"].mean(0)
+    assert not np.allclose(want, other)
     res = ucil.compare(ph, tmp_path / "dep", draws=2, quiet=True, workers=0, data=data,
                        log=lambda *a: None, figures="net0")
+    assert np.allclose(res["models"][ucil.NET0]["R_mean"], want, rtol=1e-5, atol=1e-7)
     assert res["deploy_lrs"][ucil.NET0]["lr"] == lr and res["deploy_lrs"][ucil.RANDOM]["lr"] == lr
     assert f"net0 lr {lr}" in res["protocol"]
+    split = ucil.compare(ph, tmp_path / "split", draws=2, quiet=True, workers=1, data=data,
+                         log=lambda *a: None, baselines=False)
+    assert np.allclose(split["models"][ucil.NET0]["R_mean"], want, rtol=1e-5, atol=1e-7)
     path = ucil.save_phenotype(ph, tmp_path / "ph.npz")
     again = ucil.load_phenotype(path)
     assert again.meta["deploy_lr"] == lr

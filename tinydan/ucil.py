@@ -136,7 +136,8 @@ class UCILConfig:
     deploy_steps: int = 60                     # SGD steps per digit at deployment (the paper's 60)
     meta_batch: int = 50                       # images per member for the meta-loss
     population: int = 3                        # M
-    inner_lr: float = 0.01                     # alpha: synapse SGD (meta-training and deployment)
+    inner_lr: float = 0.01                     # alpha: synapse SGD in meta-training (and deployment
+                                               # unless tune_deploy_lr)
     meta_lr: float = 1e-4                      # gamma: phi Adam
     meta_optimizer: str = "adam"
     meta_grad: str = "first_order"
@@ -502,7 +503,9 @@ def validation_sequences(cfg: UCILConfig, data: UCILData) -> np.ndarray:
 
 def validate(net, theta0: dict, cfg: UCILConfig, data: UCILData) -> float:
     """Mean final MSE (all classes after the last one) on the validation sequences, deployed with
-    the deployment protocol (cfg.deploy_steps steps per class, phi fixed)."""
+    the deployment protocol (cfg.deploy_steps steps per class, phi fixed) at the meta-training rate
+    cfg.inner_lr: it picks the best meta-epoch; with cfg.tune_deploy_lr the deployment rate is
+    chosen afterwards, for that epoch's phi (``deploy_lr``)."""
     seqs = validation_sequences(cfg, data)
     return float(deploy(net, theta0, seqs, cfg.deploy_steps, cfg.inner_lr)["R"][:, -1].mean())
 
@@ -657,7 +660,8 @@ def save_phenotype(ph: Phenotype, path, results: dict | None = None) -> Path:
                           for name, m in results["models"].items()},
             "forgetting": {name: {k: m["forgetting"][k] for k in ("mean", "ci")}
                            for name, m in results["models"].items()},
-            "comparison": results["comparison"],
+            "comparison": results["comparison"], "deploy_lrs": {
+                name: v["lr"] for name, v in results.get("deploy_lrs", {}).items()},
             "forward_transfer": results["forward_transfer"], "command": results["command"]}
     arrays = {f"phi.{k}": v for k, v in ph.net.state_dict().items()}
     return save_checkpoint(path, arrays, meta, compress=True)
@@ -953,7 +957,7 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False))
     table = results_table(summaries, metrics=("final", "forgetting"))
     how = "chosen on Omniglot validation" if cfg.tune_deploy_lr else "the meta-training rate"
-    lrs = (f"SGD learning rates: {lr} (net0, {how}), {runs[RANDOM]['lr']} ({RANDOM}); chosen on "
+    lrs = (f"SGD learning rates: {lr} (net0, {how}), {runs[RANDOM]['lr']} ({RANDOM}, {how}); chosen on "
            f"Omniglot validation sequences: {runs[PLAIN]['lr']} ({PLAIN}), {runs[PLAIN_NODES]['lr']} "
            f"({PLAIN_NODES}).\n" if baselines else
            f"net0 only (no baselines were deployed in this run), SGD lr {lr} ({how}).\n")
@@ -1201,7 +1205,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--meta-grad", choices=list(META_GRADS),
                             help="meta-gradient mode (default from the config: first_order)")
             sp.add_argument("--epochs", type=_positive_int, help="meta-epochs (default from the config)")
-            sp.add_argument("--inner-lr", type=_positive_float, help="synapse SGD learning rate")
+            sp.add_argument("--inner-lr", type=_positive_float,
+                            help="synapse SGD learning rate in meta-training (and at deployment with "
+                                 "--no-tune-deploy-lr); default from the config: 3.0 for small")
             sp.add_argument("--meta-lr", type=_positive_float, help="phi Adam learning rate")
             sp.add_argument("--thick-strokes", type=float, metavar="P",
                             help="probability that a meta-training/validation class has thickened "
@@ -1281,7 +1287,7 @@ def main(argv=None) -> int:
             cfg = _config_from_args(a)
         except ValueError as e:
             parser.error(str(e))
-        print(f"config {cfg.name!r}: {cfg.meta_grad} meta-gradient, synapse lr {cfg.inner_lr}, phi "
+        print(f"config {cfg.name!r}: {cfg.meta_grad} meta-gradient, meta-training synapse lr {cfg.inner_lr}, phi "
               f"lr {cfg.meta_lr}, {cfg.meta_epochs} meta-epochs of {cfg.n_classes} classes x "
               f"{cfg.inner_steps} steps; writing to {out}")
         t = time.perf_counter()
@@ -1323,7 +1329,9 @@ def _print_recorded(ph: Phenotype) -> None:
         print("(run with --baselines to deploy random DANs and the plain autoencoders too)")
         return
     finals = rec.get("final_mse", {})
-    line = ", ".join(f"{name} {format_ci(v['mean'], v['ci'])}" for name, v in finals.items())
+    lrs = rec.get("deploy_lrs", {})
+    line = ", ".join(f"{name} {format_ci(v['mean'], v['ci'])}" + (f" (lr {lrs[name]})" if name in lrs else "")
+                     for name, v in finals.items())
     print(f"recorded in the phenotype ({rec.get('draws')} draws, `{rec.get('command')}`): {line}")
     print("(run with --baselines to deploy the baselines again on these draws)")
 
