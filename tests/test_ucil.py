@@ -304,6 +304,14 @@ def test_tiny_end_to_end(tmp_path, data):
     assert alone["comparison"]["net0_vs_plain_ci_overlap"] is None
     assert alone["comparison"]["net0_lowest"] is None and "plain_autoencoders" in alone
     assert alone["plain_autoencoders"] == {}
+    # --tune-deploy-lr on the command line overrides the phenotype's config for this deployment
+    assert ucil.main(["deploy", "--checkpoint", str(path), "--quiet", "--draws", "1", "--tune-deploy-lr",
+                      "--out", str(tmp_path / "tuned")]) == 0
+    tuned = json.loads((tmp_path / "tuned" / "results.json").read_text())
+    assert tuned["config"]["tune_deploy_lr"] is True
+    assert tuned["deploy_lrs"][ucil.NET0]["lr"] in cfg.ae_lrs
+    assert tuned["deploy_lrs"][ucil.NET0]["lr_scores_on_omniglot"] is not None
+    assert alone["deploy_lrs"][ucil.NET0]["lr"] == cfg.inner_lr      # tiny: off by default
     # net0's draws split between this process and a worker: the same losses as in one process
     split = ucil.compare(ph, tmp_path / "split", draws=3, quiet=True, workers=1, data=data,
                          log=lambda *a: None, baselines=False)

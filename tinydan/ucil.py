@@ -1228,6 +1228,10 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--baselines", action="store_true",
                     help="also deploy random DANs and the plain autoencoders (their learning rates "
                          "tuned on Omniglot first): minutes instead of seconds")
+    dp.add_argument("--tune-deploy-lr", action=argparse.BooleanOptionalAction, default=None,
+                    help="override the phenotype's config: --no-tune-deploy-lr deploys the DAN "
+                         "networks at the meta-training lr (the paper); --tune-deploy-lr chooses "
+                         "it on Omniglot validation (default: as the phenotype was made)")
     bp = sub.add_parser("bench", help="time one meta-step of the paper config and its peak memory")
     bp.add_argument("--meta-grad", choices=list(META_GRADS), default="first_order")
     bp.add_argument("--repeat", type=_positive_int, default=3)
@@ -1275,6 +1279,10 @@ def main(argv=None) -> int:
             cfg = None if a.config is None else ucil_config(a.config)
             ph = load_phenotype(path, cfg)
             ph.meta["path"] = str(path)
+            if a.tune_deploy_lr is not None and a.tune_deploy_lr != ph.cfg.tune_deploy_lr:
+                ph.cfg = ph.cfg.replace(tune_deploy_lr=a.tune_deploy_lr)
+                ph.meta.pop("deploy_lr", None)         # a recorded rate belongs to the other setting
+                ph.meta.pop("deploy_lr_scores", None)
             print(f"deploying phenotype {path} (config {ph.cfg.name!r}, seed {ph.seed}, meta-epoch "
                   f"{ph.meta.get('best_epoch', '?')}); writing to {out}")
             draws = a.draws or DEPLOY_DRAWS
