@@ -98,7 +98,8 @@ from .nn.dan import ConvDAN, DANNetwork, InputConvDAN
 from .tensor import Tensor, wrap
 
 __all__ = ["UCILConfig", "UCIL_CONFIGS", "ucil_config", "build_ucil_net", "UCILData", "load_data",
-           "ClassSequences", "omniglot_sequences", "thicken_strokes", "deploy", "meta_train", "Phenotype", "load_phenotype",
+           "ClassSequences", "omniglot_sequences", "thicken_strokes", "deploy", "meta_train",
+           "Phenotype", "load_phenotype", "choose_lr", "tune_ae_lr", "deploy_lr",
            "save_phenotype", "random_phenotype", "compare", "bench_paper_meta_step", "main",
            "SHIPPED_PHENOTYPE", "KIND"]
 
@@ -1198,6 +1199,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MNIST draws of the 5 images per digit (default: " +
                              ("the config's, 20)" if training else f"{DEPLOY_DRAWS})"))
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
+        sp.add_argument("--tune-deploy-lr", action=argparse.BooleanOptionalAction, default=None,
+                        help="choose the DAN networks' deployment lr on Omniglot validation "
+                             "like the plain autoencoders'; --no-tune-deploy-lr deploys at the "
+                             "meta-training lr (the paper). Default: "
+                             + ("from the config (on for small)" if training
+                                else "as the phenotype was made"))
         sp.add_argument("--config", choices=sorted(UCIL_CONFIGS), default=None if not training else "small",
                         help="model and protocol (default: small" +
                              ("" if training else "; or the checkpoint's own") + ")")
@@ -1212,10 +1219,6 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--thick-strokes", type=float, metavar="P",
                             help="probability that a meta-training/validation class has thickened "
                                  "strokes (default from the config: 0.5 for small)")
-            sp.add_argument("--tune-deploy-lr", action=argparse.BooleanOptionalAction, default=None,
-                            help="choose the DAN networks' deployment lr on Omniglot validation like "
-                                 "the plain autoencoders' (default from the config: on for small); "
-                                 "--no-tune-deploy-lr deploys at the meta-training lr (the paper)")
             sp.add_argument("--resume", action="store_true",
                             help="continue from OUT/checkpoint.npz (needs --out)")
 
@@ -1228,10 +1231,6 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--baselines", action="store_true",
                     help="also deploy random DANs and the plain autoencoders (their learning rates "
                          "tuned on Omniglot first): minutes instead of seconds")
-    dp.add_argument("--tune-deploy-lr", action=argparse.BooleanOptionalAction, default=None,
-                    help="override the phenotype's config: --no-tune-deploy-lr deploys the DAN "
-                         "networks at the meta-training lr (the paper); --tune-deploy-lr chooses "
-                         "it on Omniglot validation (default: as the phenotype was made)")
     bp = sub.add_parser("bench", help="time one meta-step of the paper config and its peak memory")
     bp.add_argument("--meta-grad", choices=list(META_GRADS), default="first_order")
     bp.add_argument("--repeat", type=_positive_int, default=3)
@@ -1295,7 +1294,8 @@ def main(argv=None) -> int:
             cfg = _config_from_args(a)
         except ValueError as e:
             parser.error(str(e))
-        print(f"config {cfg.name!r}: {cfg.meta_grad} meta-gradient, meta-training synapse lr {cfg.inner_lr}, phi "
+        print(f"config {cfg.name!r}: {cfg.meta_grad} meta-gradient, meta-training synapse lr "
+              f"{cfg.inner_lr}, phi "
               f"lr {cfg.meta_lr}, {cfg.meta_epochs} meta-epochs of {cfg.n_classes} classes x "
               f"{cfg.inner_steps} steps; writing to {out}")
         t = time.perf_counter()
@@ -1338,8 +1338,8 @@ def _print_recorded(ph: Phenotype) -> None:
         return
     finals = rec.get("final_mse", {})
     lrs = rec.get("deploy_lrs", {})
-    line = ", ".join(f"{name} {format_ci(v['mean'], v['ci'])}" + (f" (lr {lrs[name]})" if name in lrs else "")
-                     for name, v in finals.items())
+    line = ", ".join(f"{name} {format_ci(v['mean'], v['ci'])}"
+                     + (f" (lr {lrs[name]})" if name in lrs else "") for name, v in finals.items())
     print(f"recorded in the phenotype ({rec.get('draws')} draws, `{rec.get('command')}`): {line}")
     print("(run with --baselines to deploy the baselines again on these draws)")
 
