@@ -356,6 +356,28 @@ def test_deploy_lr_rule(tmp_path, data, monkeypatch):
     assert ucil.deploy_lr(again)[0] == lr
 
 
+def test_choose_lr_reuses_validation(data, monkeypatch):
+    """A score meta-training already measured (``validate`` at inner_lr: net0's best epoch, phi_0 at
+    epoch 0 for the random DANs) is the score choose_lr would measure, and is not measured again."""
+    cfg = ucil.ucil_config("tiny", tune_deploy_lr=True, ae_lrs=(0.01, 0.3, 3.0))
+    ph = ucil.random_phenotype(cfg, 0)
+    lr, fresh = ucil.choose_lr(ph.net, ph.theta0, cfg, data)
+    v = ucil.validate(ph.net, ph.theta0, cfg, data)
+    assert cfg.inner_lr == 0.01 and np.isclose(v, fresh[0.01], rtol=1e-5)
+    calls = []
+    real = ucil.deploy
+    monkeypatch.setattr(ucil, "deploy", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    lr2, reused = ucil.choose_lr(ph.net, ph.theta0, cfg, data, known={0.01: v})
+    assert 0.01 not in calls and len(calls) == len(fresh) - 1
+    assert lr2 == lr and reused == {**fresh, 0.01: v}
+    # where the known scores come from
+    ph.meta["val_history"] = [(0, v), (1, 0.5)]
+    assert ucil._known_val(ph) == {0.01: v}
+    net0 = ucil.Phenotype(cfg, ph.net, ph.theta0, 0, {"best_val": 0.25, "val_history": [(0, v)]})
+    assert ucil._known_val(net0) == {0.01: 0.25}
+    assert ucil._known_val(ucil.random_phenotype(cfg, 0)) == {}
+
+
 def test_shipped_phenotype_loads_and_deploys(data):
     assert ucil.SHIPPED_PHENOTYPE.exists(), "tinydan/phenotypes/ucil_small.npz is missing"
     assert ucil.SHIPPED_PHENOTYPE.stat().st_size < 1_000_000

@@ -725,19 +725,27 @@ def plain_autoencoder(cfg: UCILConfig, same_nodes: bool = False) -> PlainMLP:
     return PlainMLP(cfg.nodes if same_nodes else (cfg.nodes[0], *cfg.ae_hidden, cfg.nodes[-1]))
 
 
-def choose_lr(model, theta0: dict, cfg: UCILConfig, data: UCILData) -> tuple[float, dict]:
+def choose_lr(model, theta0: dict, cfg: UCILConfig, data: UCILData,
+              known: dict | None = None) -> tuple[float, dict]:
     """A deployment SGD learning rate for ``model``, chosen on the Omniglot validation sequences
     (never on MNIST): the lowest mean final MSE among the rates of cfg.ae_lrs whose next larger
     rate in the grid does not diverge either. The margin matters: plain SGD at the edge of
     stability on thin Omniglot strokes diverges on MNIST's heavier ink. Returns (lr, {lr: score}),
-    score inf for a diverged run; rates above the first diverged one are not tried."""
+    score inf for a diverged run; rates above the first diverged one are not tried.
+
+    ``known`` {lr: score}: scores already measured on these validation sequences with this
+    protocol (``validate`` at cfg.inner_lr during meta-training): used as they are, not rerun."""
     seqs = validation_sequences(cfg, data)
     lrs = sorted(cfg.ae_lrs)
+    known = {float(k): float(v) for k, v in (known or {}).items()}
     scores = {}
     for lr in lrs:
-        with np.errstate(all="ignore"):
-            R = deploy(model, theta0, seqs, cfg.deploy_steps, lr)["R"]
-        scores[lr] = float(R[:, -1].mean()) if np.all(np.isfinite(R)) else float("inf")
+        if float(lr) in known:
+            scores[lr] = known[float(lr)]
+        else:
+            with np.errstate(all="ignore"):
+                R = deploy(model, theta0, seqs, cfg.deploy_steps, lr)["R"]
+            scores[lr] = float(R[:, -1].mean()) if np.all(np.isfinite(R)) else float("inf")
         if not np.isfinite(scores[lr]):
             break                               # larger rates diverge too
     safe = [lr for lr, nxt in zip(lrs, lrs[1:]) if nxt in scores and np.isfinite(scores[nxt])]
@@ -763,9 +771,20 @@ def deploy_lr(ph: Phenotype, data: UCILData | None = None) -> tuple[float, dict 
     if "deploy_lr" in ph.meta:
         return float(ph.meta["deploy_lr"]), ph.meta.get("deploy_lr_scores")
     data = _cached_data(cfg, mnist=False) if data is None else data
-    lr, scores = choose_lr(ph.net, ph.theta0, cfg, data)
+    lr, scores = choose_lr(ph.net, ph.theta0, cfg, data, known=_known_val(ph))
     ph.meta["deploy_lr"], ph.meta["deploy_lr_scores"] = lr, {str(k): v for k, v in scores.items()}
     return lr, ph.meta["deploy_lr_scores"]
+
+
+def _known_val(ph: Phenotype) -> dict:
+    """{cfg.inner_lr: score} when meta-training already validated this very phi (``validate``:
+    the same sequences, protocol and rate): the best epoch's phi for net0, phi_0 (epoch 0) for the
+    random DANs of a recorded run. Saves ``choose_lr`` one deployment of the validation set."""
+    if ph.meta.get("source", "").startswith("random"):
+        v = dict((int(e), s) for e, s in ph.meta.get("val_history", [])).get(0)
+    else:
+        v = ph.meta.get("best_val")
+    return {} if v is None or not np.isfinite(v) else {ph.cfg.inner_lr: float(v)}
 
 
 def _fig2_points(cfg: UCILConfig, T: int = 10) -> list:
@@ -808,13 +827,15 @@ def _phenotype_job(cfg_dict: dict, phi: dict, seqs: np.ndarray, seed: int, lr: f
         return deploy(net, theta0, seqs, cfg.deploy_steps, lr, **kw)
 
 
-def _random_dans_job(cfg_dict: dict, seqs: np.ndarray, seed: int):
+def _random_dans_job(cfg_dict: dict, seqs: np.ndarray, seed: int, val_history=()):
     """Deploy the random phi_0 of the run's seed on the MNIST draws (a worker job), with its
-    learning rate chosen like net0's (``deploy_lr``)."""
+    learning rate chosen like net0's (``deploy_lr``; ``val_history``: the meta-training run's, whose
+    epoch 0 is phi_0's validation score at inner_lr)."""
     from .parallel import set_blas_threads
     set_blas_threads(1)
     cfg = UCILConfig.from_dict(cfg_dict)
     ph = random_phenotype(cfg, seed)
+    ph.meta["val_history"] = [tuple(v) for v in val_history]
     lr, scores = deploy_lr(ph)
     t = time.perf_counter()
     with np.errstate(all="ignore"):
@@ -865,7 +886,8 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
     with Workers(workers) as pool:
         here = draws
         if baselines:                               # the slowest job first
-            fut_rand = pool.submit(_random_dans_job, cfg.to_dict(), seqs, ph.seed)
+            fut_rand = pool.submit(_random_dans_job, cfg.to_dict(), seqs, ph.seed,
+                                   ph.meta.get("val_history", []))
             fut_ae = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed)
             fut_nodes = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed, True)
         if cfg.tune_deploy_lr and "deploy_lr" not in ph.meta:
