@@ -225,7 +225,11 @@ print(f"deploying phenotype: {ph.meta.get('source', ph.meta.get('command', '?'))
 # protocol). Both models see the same images, start from the same theta_0 and learn with the same
 # synapse learning rate: the one recorded in the phenotype file (`small` chooses it on Omniglot
 # validation with the plain autoencoders' rule, `ucil.deploy_lr`), else the meta-training rate.
-# The random DANs are the phi_0 that meta-training started from.
+# The random DANs are the phi_0 that meta-training started from. (`small` draws 4 candidates for
+# phi_0 and starts from the one whose network learns two Omniglot training sequences best with phi
+# fixed, `ucil.screen_phi0`: most random draws pass too little signal at theta_0 for SGD on the
+# synapses to learn, and then meta-training has nothing to improve. The phenotype file records
+# which candidate, `phi0_candidate`.)
 
 # %%
 LR = float(ph.meta.get("deploy_lr", ph.cfg.inner_lr))
@@ -234,7 +238,8 @@ STEPS = 20
 images = mnist_seq[None]                                             # (1 draw, 10 digits, 5, 784)
 snap = [(0, 1), (4, STEPS), (9, STEPS)]
 runs = {}
-for name, model_ph in [(net0_name, ph), ("random DANs", ucil.random_phenotype(cfg, ph.seed))]:
+phi0 = ucil.random_phenotype(cfg, ph.seed, candidate=ph.meta.get("phi0_candidate", 0))
+for name, model_ph in [(net0_name, ph), ("random DANs", phi0)]:
     t = time.perf_counter()
     runs[name] = ucil.deploy(model_ph.net, model_ph.theta0, images, STEPS, LR,
                              snapshots=snap, curve_every=STEPS // 2)

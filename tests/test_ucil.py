@@ -378,6 +378,45 @@ def test_choose_lr_reuses_validation(data, monkeypatch):
     assert ucil._known_val(ucil.random_phenotype(cfg, 0)) == {}
 
 
+def test_phi0_screening(tmp_path, data, monkeypatch):
+    """phi_candidates = K: meta-training starts from the candidate with the lowest screening score;
+    the choice is recorded (checkpoint, phenotype file), survives --resume, and the random-DANs
+    baseline is that same phi_0. theta_0 is the seed's for every candidate."""
+    cfg = ucil.ucil_config("tiny", phi_candidates=3, meta_epochs=1)
+    nets = [ucil.initial_state(cfg, 0, population=1, candidate=k) for k in range(3)]
+    assert all(np.array_equal(nets[0][1][n], t[1][n]) for t in nets[1:] for n in nets[0][1])
+    phis = [t[0].state_dict() for t in nets]
+    assert not np.allclose(phis[0]["dans.0.fc1_w"], phis[2]["dans.0.fc1_w"])
+    # the score: the candidate's deployment on the screening sequences, final MSE at inner_lr
+    seqs = ucil.screen_sequences(cfg, data)
+    assert seqs.shape == (ucil.SCREEN_SEQUENCES, cfg.n_classes, cfg.shots, 196)
+    want = ucil.deploy(nets[1][0], nets[1][1], seqs, cfg.deploy_steps, cfg.inner_lr)["R"][:, -1].mean()
+    assert np.isclose(ucil._screen_score(cfg, 0, 1, seqs), want, rtol=1e-6)
+    # the choice: the argmin (fake scores make candidate 2 the best), inline
+    monkeypatch.setattr(ucil, "_screen_score", lambda c, seed, k, s: [0.3, 0.2, 0.1][k])
+    assert ucil.screen_phi0(cfg, 0, data, quiet=True, workers=0) == (2, [0.3, 0.2, 0.1])
+    ph = ucil.meta_train(cfg, 0, tmp_path / "run", quiet=True, workers=0, data=data,
+                         log=lambda *a: None)
+    assert ph.meta["phi0_candidate"] == 2 and ph.meta["phi0_screen"] == [0.3, 0.2, 0.1]
+    rand = ucil.random_phenotype(cfg, 0, candidate=2)
+    assert dict(ph.meta["val_history"])[0] == pytest.approx(ucil.validate(rand.net, rand.theta0, cfg, data),
+                                                            rel=1e-6)   # epoch 0 = candidate 2
+    again = ucil.load_phenotype(ucil.save_phenotype(ph, tmp_path / "ph.npz"))
+    assert again.meta["phi0_candidate"] == 2
+    # --resume keeps the candidate without screening again
+    monkeypatch.setattr(ucil, "screen_phi0", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    more = ucil.meta_train(cfg.replace(meta_epochs=2), 0, tmp_path / "run", resume=True, quiet=True,
+                           workers=0, data=data, log=lambda *a: None)
+    assert more.meta["phi0_candidate"] == 2 and more.meta["phi0_screen"] == [0.3, 0.2, 0.1]
+    # the random-DANs baseline deploys candidate 2's phi_0
+    res = ucil.compare(ph, tmp_path / "cmp", draws=1, quiet=True, workers=0, data=data,
+                       log=lambda *a: None, figures="net0")
+    mn = ucil.mnist_sequences(cfg, data, 1)
+    R = ucil.deploy(rand.net, rand.theta0, mn, cfg.deploy_steps, cfg.inner_lr)["R"]
+    assert np.allclose(res["models"][ucil.RANDOM]["R_mean"], R.mean(0), rtol=1e-5, atol=1e-7)
+    assert res["phenotype"]["phi0_candidate"] == 2
+
+
 def test_shipped_phenotype_loads_and_deploys(data):
     assert ucil.SHIPPED_PHENOTYPE.exists(), "tinydan/phenotypes/ucil_small.npz is missing"
     assert ucil.SHIPPED_PHENOTYPE.stat().st_size < 1_000_000
@@ -395,6 +434,8 @@ def test_cli_config_flags():
     assert paperlike.tune_deploy_lr is False and paperlike.thick_strokes == 0.0
     default = ucil._config_from_args(parse(["run"]))
     assert default == ucil.ucil_config("small") and default.tune_deploy_lr and default.thick_strokes == 0.5
+    assert default.phi_candidates == 4
+    assert ucil._config_from_args(parse(["meta-train", "--phi-candidates", "1"])).phi_candidates == 1
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -404,7 +445,7 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "meta-train" in capsys.readouterr().out
     for bad in (["--config", "huge"], ["run", "--epochs", "0"], ["run", "--meta-grad", "second"],
                 ["meta-train", "--inner-lr", "-1"], ["run", "--resume"],
-                ["meta-train", "--thick-strokes", "2"]):
+                ["meta-train", "--thick-strokes", "2"], ["run", "--phi-candidates", "0"]):
         with pytest.raises(SystemExit) as e:
             ucil.main(bad)
         assert e.value.code == 2, bad

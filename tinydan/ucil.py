@@ -109,6 +109,8 @@ DEPLOY_DRAWS = 5      # `deploy` alone: a quick look (`run` uses the config's ev
 # Seeds of the held-out draws: meta-training draws from np.random.default_rng([seed, 1]) (MetaTrainer)
 VAL_SEED = 1_000_033
 EVAL_SEED = 2_000_033
+SCREEN_SEED = 3_000_033
+SCREEN_SEQUENCES = 2     # Omniglot meta-training sequences that screen the phi_0 candidates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,6 +159,11 @@ class UCILConfig:
     # strokes (2x2 max filter at 28x28, then area-downsampled): a broader ink distribution than
     # Omniglot's thin strokes. 0: the SPEC's preprocessing.
     thick_strokes: float = 0.0
+    # phi_0 candidates: 1 = the seed's phi_0. K > 1: the seed's phi_0 and K - 1 more drawn from
+    # (seed, k); meta-training starts from the one whose deployment (the protocol at inner_lr, phi
+    # fixed) ends with the lowest final MSE on SCREEN_SEQUENCES sequences of Omniglot meta-training
+    # characters (``screen_phi0``). theta_0 is the seed's either way.
+    phi_candidates: int = 1
 
     def __post_init__(self):
         if self.meta_grad not in META_GRADS:
@@ -173,7 +180,8 @@ class UCILConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("n_classes", "shots", "inner_steps", "deploy_steps", "meta_batch", "population",
-                     "meta_epochs", "val_sequences", "val_every", "eval_draws", "deploy_group"):
+                     "meta_epochs", "val_sequences", "val_every", "eval_draws", "deploy_group",
+                     "phi_candidates"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.meta_batch > self.n_classes * self.shots:
@@ -207,11 +215,14 @@ UCIL_CONFIGS = {
     # until 60 steps diverged). Half of the meta-training classes come with thickened strokes
     # (MNIST digits carry 1.65x the ink of Omniglot characters at 14x14), and every model's
     # deployment learning rate is chosen on Omniglot validation by one rule (see README, UCIL).
+    # Meta-training starts from the best of 4 phi_0 candidates on Omniglot screening sequences
+    # (most draws of phi_0 pass too little signal at theta_0 to learn from: README, UCIL).
     "small": UCILConfig(name="small", image_side=14, nodes=(196, 120, 100, 120, 196), n_channels=36,
                         dan_convs=((4, 2), (4, 2)), dan_pool=2, dan_hidden=16,
                         inner_steps=60, meta_batch=20, inner_lr=3.0, meta_lr=1e-3,
                         meta_epochs=4, val_every=2, ae_hidden=(512, 256, 512),
-                        ae_lrs=(0.1, 0.3, 1.0, 3.0, 10.0), thick_strokes=0.5, tune_deploy_lr=True),
+                        ae_lrs=(0.1, 0.3, 1.0, 3.0, 10.0), thick_strokes=0.5, tune_deploy_lr=True,
+                        phi_candidates=4),
     # A few-second config for tests and lessons.
     "tiny": UCILConfig(name="tiny", image_side=14, nodes=(196, 6, 4, 6, 196), n_channels=16,
                        dan_convs=((3, 2), (2, 2)), dan_pool=2, dan_hidden=6, input_hidden=2,
@@ -258,14 +269,17 @@ def _theta_fingerprint(theta0: dict) -> str:
     return f"{crc:08x}"
 
 
-def initial_state(cfg: UCILConfig, seed: int, population: int | None = None):
+def initial_state(cfg: UCILConfig, seed: int, population: int | None = None, candidate: int = 0):
     """(net with the random phi_0, theta_0) drawn from ``seed``: phi_0 first, then theta_0.
+    ``candidate`` k > 0: phi_0 is candidate k instead, drawn from (seed, k); theta_0 is the same.
 
     Both are regenerated from the seed rather than stored, so a phenotype file holds phi only.
     """
     rng = np.random.default_rng(seed)
     net = build_ucil_net(cfg, rng)
     theta0 = net.init_synapses(cfg.population if population is None else population, rng)
+    if candidate:
+        net = build_ucil_net(cfg, np.random.default_rng([seed, int(candidate)]))
     return net, theta0
 
 
@@ -461,10 +475,12 @@ class Phenotype:
     meta: dict = field(default_factory=dict)
 
 
-def random_phenotype(cfg: UCILConfig, seed: int = 0) -> Phenotype:
-    """The network with its random phi_0 (before any meta-training): the "random DANs" baseline."""
-    net, theta0 = initial_state(cfg, seed, population=1)
-    return Phenotype(cfg, net, theta0, seed, {"source": "random phi_0 (no meta-training)"})
+def random_phenotype(cfg: UCILConfig, seed: int = 0, candidate: int = 0) -> Phenotype:
+    """The network with its random phi_0 (before any meta-training; ``candidate``: the phi_0 that
+    meta-training started from, see ``screen_phi0``): the "random DANs" baseline."""
+    net, theta0 = initial_state(cfg, seed, population=1, candidate=candidate)
+    return Phenotype(cfg, net, theta0, seed, {"source": "random phi_0 (no meta-training)",
+                                              "phi0_candidate": int(candidate)})
 
 
 def _sampler(cfg: UCILConfig, data: UCILData):
@@ -479,9 +495,10 @@ def _command(argv=None) -> str:
     return " ".join(["python -m tinydan.ucil"] + [shlex.quote(str(a)) for a in argv])
 
 
-def new_trainer(cfg: UCILConfig, seed: int, data: UCILData) -> MetaTrainer:
-    """Network, theta_0 (both from the seed) and a MetaTrainer on Omniglot's training characters."""
-    net, theta0 = initial_state(cfg, seed)
+def new_trainer(cfg: UCILConfig, seed: int, data: UCILData, candidate: int = 0) -> MetaTrainer:
+    """Network, theta_0 (both from the seed; phi_0 candidate ``candidate``) and a MetaTrainer on
+    Omniglot's training characters."""
+    net, theta0 = initial_state(cfg, seed, candidate=candidate)
     return MetaTrainer(net, theta0, _sampler(cfg, data), cfg.inner_lr, cfg.meta_lr, cfg.meta_grad,
                        cfg.meta_optimizer, seed=seed)
 
@@ -524,6 +541,61 @@ def _validate_job(cfg_dict: dict, phi: dict, seed: int) -> float:
 _progress = progress                                              # tinydan.cli
 
 
+def screen_sequences(cfg: UCILConfig, data: UCILData) -> np.ndarray:
+    """The fixed screening draw: SCREEN_SEQUENCES sequences of Omniglot meta-training characters."""
+    return omniglot_sequences(cfg, data, data.train_classes, SCREEN_SEQUENCES,
+                              np.random.default_rng(SCREEN_SEED))
+
+
+def _screen_job(cfg_dict: dict, seed: int, candidate: int, seqs: np.ndarray) -> float:
+    """_screen_score in a worker process (one BLAS thread)."""
+    from .parallel import set_blas_threads
+    set_blas_threads(1)
+    return _screen_score(UCILConfig.from_dict(cfg_dict), seed, candidate, seqs)
+
+
+def _screen_score(cfg: UCILConfig, seed: int, candidate: int, seqs: np.ndarray) -> float:
+    """Final MSE of phi_0 candidate ``candidate`` deployed on ``seqs`` at inner_lr (inf: diverged)."""
+    net, theta0 = initial_state(cfg, seed, population=1, candidate=candidate)
+    with np.errstate(all="ignore"):
+        R = deploy(net, theta0, seqs, cfg.deploy_steps, cfg.inner_lr)["R"]
+    return float(R[:, -1].mean()) if np.all(np.isfinite(R)) else float("inf")
+
+
+def screen_phi0(cfg: UCILConfig, seed: int, data: UCILData, quiet: bool = False,
+                workers: int | None = None) -> tuple[int, list]:
+    """k* = argmin_k L_final(phi_0^(k)): the phi_0 candidate (of cfg.phi_candidates) whose
+    deployment with phi fixed learns the screening sequences best (final MSE at inner_lr).
+
+    Why: meta-training only improves a phi_0 whose network passes enough signal at theta_0 for SGD
+    on the synapses to learn; how much it passes depends on the draw (README, UCIL). The screen
+    uses meta-training characters only (validation and MNIST stay unseen). Returns (k*, scores).
+    """
+    from .parallel import Workers
+    K = int(cfg.phi_candidates)
+    if K <= 1:
+        return 0, []
+    seqs = screen_sequences(cfg, data)
+    bar = _progress(K, f"screening {K} phi_0 candidates", quiet, unit="candidate")
+    with Workers(workers) as pool:
+        futs = [pool.submit(_screen_job, cfg.to_dict(), seed, k, seqs) for k in range(1, K, 2)] \
+            if pool.n > 0 else []
+        scores = [None] * K
+        for k in range(K):
+            if pool.n > 0 and k % 2:
+                continue
+            scores[k] = _screen_score(cfg, seed, k, seqs)
+            if bar is not None:
+                bar.update(1)
+        for k, f in zip(range(1, K, 2), futs):
+            scores[k] = f.result()
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return int(np.argmin(scores)), scores
+
+
 # fields that define the model: a phenotype deploys under a config only if these agree
 MODEL_FIELDS = ("image_side", "input_hidden", "nodes", "n_channels", "dan_convs", "dan_pool",
                 "dan_hidden", "slope", "skips", "sharing")
@@ -532,11 +604,15 @@ MODEL_FIELDS = ("image_side", "input_hidden", "nodes", "n_channels", "dan_convs"
 RESUMABLE_FIELDS = ("meta_epochs", "eval_draws", "deploy_group", "tune_deploy_lr")
 
 
+# fields added after runs were made, with the value that reproduces those runs
+_NEWER_FIELDS = {"thick_strokes": 0.0, "phi_candidates": 1}
+
+
 def _expect(cfg: UCILConfig, for_resume: bool = False) -> dict:
     d = cfg.to_dict()
     if for_resume:                       # (a field at its default may be absent from older files)
         return {"kind": KIND, "config": {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS
-                                         and not (k == "thick_strokes" and v == 0.0)}}
+                                         and not (k in _NEWER_FIELDS and v == _NEWER_FIELDS[k])}}
     return {"kind": KIND, "config": {"name": cfg.name, **{k: d[k] for k in MODEL_FIELDS}}}
 
 
@@ -557,7 +633,15 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "checkpoint.npz"
     data = _cached_data(cfg, mnist=False) if data is None else data
-    trainer = new_trainer(cfg, seed, data)
+    screen = {"phi0_candidate": 0, "phi0_screen": [], "phi0_screen_seconds": 0.0}
+    if not (resume and ckpt.exists()) and cfg.phi_candidates > 1:
+        ts = time.perf_counter()
+        k, scores = screen_phi0(cfg, seed, data, quiet=quiet, workers=workers)
+        screen = {"phi0_candidate": k, "phi0_screen": scores,
+                  "phi0_screen_seconds": time.perf_counter() - ts}
+        log(f"phi_0: candidate {k} of {cfg.phi_candidates} (final MSE on the screening sequences: "
+            + ", ".join(f"{v:.4f}" for v in scores) + ")")
+    trainer = new_trainer(cfg, seed, data, candidate=screen["phi0_candidate"])
     fingerprint = _theta_fingerprint(trainer.theta0)
     val_hist: list = []
     best = {"val": float("inf"), "epoch": 0, "phi": trainer.net.state_dict()}
@@ -574,6 +658,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
         best = {"val": meta.get("best_val", float("inf")), "epoch": meta.get("best_epoch", 0),
                 "phi": {k[9:]: v for k, v in arrays.items() if k.startswith("best.phi.")}}
         elapsed0 = float(meta.get("meta_train_seconds", 0.0))
+        screen = {k: meta.get(k, v) for k, v in screen.items()}
         for epoch in meta.get("pending_epochs", []):              # validations still running then
             pre = f"pending.{epoch}.phi."
             resubmit.append((epoch, {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}))
@@ -589,7 +674,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
         for epoch, phi, _ in pending:                     # so that a resumed run validates them
             arrays.update({f"pending.{epoch}.phi.{k}": v for k, v in phi.items()})
         meta = {"kind": KIND, "config": cfg.to_dict(), "seed": seed, "command": _command(argv),
-                "theta0_crc32": fingerprint,
+                "theta0_crc32": fingerprint, **screen,
                 "val_history": val_hist, "best_val": best["val"], "best_epoch": best["epoch"],
                 "pending_epochs": [e for e, _, _ in pending],
                 "meta_train_seconds": elapsed0 + time.perf_counter() - t0}
@@ -639,6 +724,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     meta = {"kind": KIND, "config": cfg.to_dict(), "seed": seed, "best_val": best["val"],
             "best_epoch": best["epoch"],
             "val_history": val_hist, "history": trainer.history, "theta0_crc32": fingerprint,
+            **screen,
             "meta_train_seconds": elapsed0 + time.perf_counter() - t0, "checkpoint": str(ckpt),
             "command": _command(argv)}
     theta0 = {k: np.asarray(v)[:1] for k, v in trainer.theta0.items()}
@@ -652,7 +738,8 @@ def save_phenotype(ph: Phenotype, path, results: dict | None = None) -> Path:
     meta = {"kind": KIND, "config": ph.cfg.to_dict(), "seed": ph.seed,
             **{k: ph.meta[k] for k in ("best_val", "best_epoch", "val_history", "history",
                                        "theta0_crc32", "meta_train_seconds", "command",
-                                       "deploy_lr", "deploy_lr_scores")
+                                       "deploy_lr", "deploy_lr_scores", "phi0_candidate",
+                                       "phi0_screen", "phi0_screen_seconds")
                if k in ph.meta}}
     if results is not None:
         meta["results"] = {
@@ -827,14 +914,14 @@ def _phenotype_job(cfg_dict: dict, phi: dict, seqs: np.ndarray, seed: int, lr: f
         return deploy(net, theta0, seqs, cfg.deploy_steps, lr, **kw)
 
 
-def _random_dans_job(cfg_dict: dict, seqs: np.ndarray, seed: int, val_history=()):
+def _random_dans_job(cfg_dict: dict, seqs: np.ndarray, seed: int, val_history=(), candidate: int = 0):
     """Deploy the random phi_0 of the run's seed on the MNIST draws (a worker job), with its
     learning rate chosen like net0's (``deploy_lr``; ``val_history``: the meta-training run's, whose
     epoch 0 is phi_0's validation score at inner_lr)."""
     from .parallel import set_blas_threads
     set_blas_threads(1)
     cfg = UCILConfig.from_dict(cfg_dict)
-    ph = random_phenotype(cfg, seed)
+    ph = random_phenotype(cfg, seed, candidate)
     ph.meta["val_history"] = [tuple(v) for v in val_history]
     lr, scores = deploy_lr(ph)
     t = time.perf_counter()
@@ -887,7 +974,7 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
         here = draws
         if baselines:                               # the slowest job first
             fut_rand = pool.submit(_random_dans_job, cfg.to_dict(), seqs, ph.seed,
-                                   ph.meta.get("val_history", []))
+                                   ph.meta.get("val_history", []), ph.meta.get("phi0_candidate", 0))
             fut_ae = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed)
             fut_nodes = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed, True)
         if cfg.tune_deploy_lr and "deploy_lr" not in ph.meta:
@@ -956,7 +1043,8 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
         "experiment": "ucil", "command": _command(argv), "config": cfg.to_dict(), "seed": ph.seed,
         "versions": _versions(), "draws": draws, "evaluation_seed": EVAL_SEED,
         "phenotype": {k: ph.meta.get(k) for k in ("source", "path", "best_epoch", "best_val",
-                                                 "meta_train_seconds", "command") if k in ph.meta},
+                                                 "meta_train_seconds", "command", "phi0_candidate",
+                                                 "phi0_screen") if k in ph.meta},
         "protocol": f"MNIST test digits 0..9 in order, {cfg.shots} images each, {steps} SGD steps "
                     f"(net0 lr {lr}) per digit on the synapses, phi fixed; R[i, j] = "
                     f"reconstruction MSE on digit j after digit i; {draws} draws of the images",
@@ -1241,6 +1329,10 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--thick-strokes", type=float, metavar="P",
                             help="probability that a meta-training/validation class has thickened "
                                  "strokes (default from the config: 0.5 for small)")
+            sp.add_argument("--phi-candidates", type=_positive_int, metavar="K",
+                            help="draw K phi_0 candidates and meta-train the one that learns "
+                                 "Omniglot screening sequences best (default from the config: "
+                                 f"{UCIL_CONFIGS['small'].phi_candidates} for small; 1: the seed's phi_0)")
             sp.add_argument("--resume", action="store_true",
                             help="continue from OUT/checkpoint.npz (needs --out)")
 
@@ -1267,7 +1359,8 @@ def _config_from_args(a) -> UCILConfig:
     for field_name, arg in (("meta_grad", a.meta_grad), ("meta_epochs", a.epochs),
                             ("inner_lr", a.inner_lr), ("meta_lr", a.meta_lr),
                             ("eval_draws", a.draws), ("thick_strokes", a.thick_strokes),
-                            ("tune_deploy_lr", a.tune_deploy_lr)):
+                            ("tune_deploy_lr", a.tune_deploy_lr),
+                            ("phi_candidates", getattr(a, "phi_candidates", None))):
         if arg is not None:
             over[field_name] = arg
     return ucil_config(a.config, **over)
