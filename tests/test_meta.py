@@ -136,3 +136,26 @@ def test_differentiable_sgd_step_carries_the_gradient_graph():
     (da,) = td.grad(new["w"].sum(), [a])
     assert np.isclose(da.item(), -0.2 * w.data.sum())
     assert np.allclose(new["w"].data, w.data * (1 - 0.2 * 2.0))
+
+
+@pytest.mark.parametrize("dtype,vec_activation", [(np.float64, "none"), (np.float32, "tanh")])
+def test_in_place_sgd_step_matches_deploy_step(dtype, vec_activation):
+    """sgd_step_ (W -= lr a^T dz by one GEMM per member, in place) gives deploy_step's synapses,
+    members apart (each its own data), skips and biases included."""
+    from tinydan.meta import deploy_step, sgd_step_
+    cfg = regression_config("tiny", vec_activation=vec_activation, skips=((0, 2), (1, 3)))
+    net = build_regression_net(cfg, np.random.default_rng(0), dtype=dtype)
+    theta = net.init_synapses(3, np.random.default_rng(1), dtype=dtype, same=False)
+    rng = np.random.default_rng(2)
+    x = rng.uniform(-1, 1, (3, 4, 1)).astype(dtype)
+    y = np.sin(3 * x)
+    want, want_loss = deploy_step(net, _leaves(theta), x, y, 0.3)
+    mine = _leaves({k: v.copy() for k, v in theta.items()})
+    arrays = {k: v.data for k, v in mine.items()}
+    got, got_loss = sgd_step_(net, mine, x, y, 0.3)
+    assert set(got) == set(theta) and np.isclose(got_loss, want_loss)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for k in theta:
+        assert got[k].data is arrays[k], f"{k} was not updated in place"
+        assert not np.allclose(got[k].data, theta[k]), f"{k} did not move"
+        np.testing.assert_allclose(got[k].data, want[k].data, rtol=tol, atol=tol, err_msg=k)

@@ -92,7 +92,7 @@ from .autograd import no_grad
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .datasets import DatasetError
 from .continual import ci_overlap, format_ci, results_table, summarize, to_jsonable
-from .meta import META_GRADS, MetaTrainer, deploy_step, meta_step
+from .meta import META_GRADS, MetaTrainer, deploy_step, meta_step, sgd_step_
 from .models import PlainMLP, config_from_dict
 from .nn.dan import ConvDAN, DANNetwork, InputConvDAN
 from .tensor import Tensor, wrap
@@ -419,6 +419,7 @@ def deploy(model, theta0: dict, images: np.ndarray, steps: int, lr: float,
     """
     S, T, s, D = images.shape
     group = S if group is None else max(1, int(group))
+    step = sgd_step_ if isinstance(model, DANNetwork) else deploy_step     # in place: no copies
     R = np.zeros((S, T, T))
     curve, curve_steps, recon = [], [], {}
     want = {(int(i), int(k)) for i, k in snapshots}
@@ -435,7 +436,7 @@ def deploy(model, theta0: dict, images: np.ndarray, steps: int, lr: float,
         for i in range(T):
             x = np.ascontiguousarray(imgs[:, i])                         # (G, s, D)
             for k in range(1, steps + 1):
-                theta, _ = deploy_step(model, theta, x, x, lr)     # SGD on the synapses
+                theta, _ = step(model, theta, x, x, lr)            # SGD on the synapses
                 if g0 == 0 and (i, k) in want:
                     with no_grad():
                         sub = {n: wrap(v.data[:1]) for n, v in theta.items()}

@@ -334,8 +334,12 @@ class DANNetwork(Module):
         return self.dans[0] if self.sharing == "global" else self.dans[layer - 1]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, x: Tensor, synapses: dict) -> Tensor:
-        """x (P, B, nodes[0]) -> (P, B, nodes[-1]); a NumPy x is taken in the synapses' dtype."""
+    def forward(self, x: Tensor, synapses: dict, record: dict | None = None) -> Tensor:
+        """x (P, B, nodes[0]) -> (P, B, nodes[-1]); a NumPy x is taken in the synapses' dtype.
+
+        ``record`` (a dict): filled with {synapse name: (a, z)}, the activations a (P, B, n_in)
+        the synapse multiplies and the VEC sum z = a W + ... (P, B, n_out*C) it adds to, so that
+        dL/dW = a^T dL/dz (``tinydan.meta.sgd_step_``)."""
         if not isinstance(x, Tensor):
             x = Tensor(x, dtype=next(iter(synapses.values())).dtype)
         if x.ndim != 3 or x.shape[2] != self.nodes[0]:
@@ -349,6 +353,12 @@ class DANNetwork(Module):
             for j, k in self.skips:
                 if k == l:
                     z = ops.add(z, vec(acts[j], synapses[f"skip{j}_{k}.weight"]))
+            if record is not None:
+                record[f"vec{l - 1}.weight"] = (acts[l - 1], z)
+                record[f"vec{l - 1}.bias"] = (None, z)
+                for j, k in self.skips:
+                    if k == l:
+                        record[f"skip{j}_{k}.weight"] = (acts[j], z)
             if self._vec_act is not None:
                 z = self._vec_act(z)
             z = ops.reshape(z, (P * B, self.nodes[l], C))          # one row of C per DAN
