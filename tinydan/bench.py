@@ -855,6 +855,35 @@ def regression_deploy() -> Case:
     return _regression_case("deploy")
 
 
+@register("ucil_deploy_step", target=1.0)
+def ucil_deploy_step() -> Case:
+    """UCIL `small` deployment step, 6 draws at once: sgd_step_ (in place) vs deploy_step."""
+    from .meta import deploy_step, sgd_step_
+    from .ucil import initial_state, ucil_config
+    cfg = ucil_config("small")
+    G, lr = 6, 1.0
+    net, theta0 = initial_state(cfg, 0, population=1)
+    x = _rng(5).random((G, cfg.shots, cfg.nodes[0])).astype(np.float32)    # (draws, 5 images, D)
+    names = sorted(theta0)
+
+    def fresh():
+        return {k: Tensor(np.repeat(theta0[k], G, axis=0), requires_grad=True) for k in names}
+    mine, ref = {"theta": fresh()}, {"theta": fresh()}
+
+    def run_tinydan():                 # the synapses keep learning, as in a deployment
+        mine["theta"], loss = sgd_step_(net, mine["theta"], x, x, lr)
+        return (loss, *[mine["theta"][k].data for k in names])
+
+    def run_reference():
+        ref["theta"], loss = deploy_step(net, ref["theta"], x, x, lr)
+        return (loss, *[ref["theta"][k].data for k in names])
+
+    return Case(run_tinydan, run_reference, reference_name="deploy_step",
+                notes=f"{net.num_synapses() * G / 1e6:.1f}M synapses (small, {G} draws, 5 images "
+                      "each), phi fixed; the reference is the generic autograd SGD step "
+                      "(a gradient array per synapse tensor, then theta - lr g)")
+
+
 # ---------------------------------------------------------------------------- CLI
 def _parse_args(argv):
     p = argparse.ArgumentParser(
