@@ -111,6 +111,8 @@ DEPLOY_DRAWS = 5      # `deploy` alone: a quick look (`run` uses the config's ev
 VAL_SEED = 1_000_033
 EVAL_SEED = 2_000_033
 SCREEN_SEED = 3_000_033
+PHI0_STREAM = 1_000      # phi_0 candidate k > 0 draws from default_rng([seed, PHI0_STREAM, k]): a
+                         # stream of its own ([seed, 1] samples the tasks, [seed, 3] the plain AE)
 SCREEN_SEQUENCES = 2     # Omniglot meta-training sequences that screen the phi_0 candidates
 
 
@@ -161,7 +163,7 @@ class UCILConfig:
     # Omniglot's thin strokes. 0: the SPEC's preprocessing.
     thick_strokes: float = 0.0
     # phi_0 candidates: 1 = the seed's phi_0. K > 1: the seed's phi_0 and K - 1 more drawn from
-    # (seed, k); meta-training starts from the one whose deployment (the protocol at inner_lr, phi
+    # (seed, PHI0_STREAM, k); meta-training starts from the one whose deployment (the protocol at inner_lr, phi
     # fixed) ends with the lowest final MSE on SCREEN_SEQUENCES sequences of Omniglot meta-training
     # characters (``screen_phi0``). theta_0 is the seed's either way.
     phi_candidates: int = 1
@@ -272,7 +274,8 @@ def _theta_fingerprint(theta0: dict) -> str:
 
 def initial_state(cfg: UCILConfig, seed: int, population: int | None = None, candidate: int = 0):
     """(net with the random phi_0, theta_0) drawn from ``seed``: phi_0 first, then theta_0.
-    ``candidate`` k > 0: phi_0 is candidate k instead, drawn from (seed, k); theta_0 is the same.
+    ``candidate`` k > 0: phi_0 is candidate k instead, drawn from (seed, PHI0_STREAM, k);
+    theta_0 is the same.
 
     Both are regenerated from the seed rather than stored, so a phenotype file holds phi only.
     """
@@ -280,7 +283,7 @@ def initial_state(cfg: UCILConfig, seed: int, population: int | None = None, can
     net = build_ucil_net(cfg, rng)
     theta0 = net.init_synapses(cfg.population if population is None else population, rng)
     if candidate:
-        net = build_ucil_net(cfg, np.random.default_rng([seed, int(candidate)]))
+        net = build_ucil_net(cfg, np.random.default_rng([seed, PHI0_STREAM, int(candidate)]))
     return net, theta0
 
 
