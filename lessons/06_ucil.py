@@ -200,7 +200,7 @@ else:
     print(f"NOTE: {ucil.SHIPPED_PHENOTYPE} does not exist (no meta-trained phenotype was shipped "
           "with this copy of tinydan).\nMeta-training the `small` model for a few seconds instead "
           "(3 classes x 2 steps per sequence, 2 meta-epochs): an illustration of the machinery,\n"
-          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (~20 min).")
+          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (~18 min).")
     quick = cfg.replace(n_classes=3, inner_steps=2, meta_batch=10, population=2, meta_lr=3e-3)
     trainer = ucil.new_trainer(quick, 0, data)
     t = time.perf_counter()

@@ -356,7 +356,7 @@ def test_deploy_lr_rule(tmp_path, data, monkeypatch):
     assert ucil.deploy_lr(again)[0] == lr
 
 
-def test_choose_lr_reuses_validation(data, monkeypatch):
+def test_choose_lr_reuses_validation(tmp_path, data, monkeypatch):
     """A score meta-training already measured (``validate`` at inner_lr: net0's best epoch, phi_0 at
     epoch 0 for the random DANs) is the score choose_lr would measure, and is not measured again."""
     cfg = ucil.ucil_config("tiny", tune_deploy_lr=True, ae_lrs=(0.01, 0.3, 3.0))
@@ -376,6 +376,19 @@ def test_choose_lr_reuses_validation(data, monkeypatch):
     net0 = ucil.Phenotype(cfg, ph.net, ph.theta0, 0, {"best_val": 0.25, "val_history": [(0, v)]})
     assert ucil._known_val(net0) == {0.01: 0.25}
     assert ucil._known_val(ucil.random_phenotype(cfg, 0)) == {}
+    # validated under another protocol (here: fewer steps per class): measured again
+    other = ucil.Phenotype(cfg, ph.net, ph.theta0, 0, {"best_val": 0.25,
+                                                       "config": cfg.replace(deploy_steps=1).to_dict()})
+    assert ucil._known_val(other) == {}
+    net0.meta["config"] = cfg.to_dict()
+    assert ucil._known_val(net0) == {0.01: 0.25}
+    # end to end: the random DANs' inner_lr score in compare is the run's epoch-0 validation
+    net0.meta["val_history"] = [(0, 0.125)]
+    monkeypatch.setattr(ucil, "deploy", real)
+    res = ucil.compare(net0, tmp_path / "cmp", draws=1, quiet=True, workers=0, data=data,
+                       log=lambda *a: None, figures="net0")
+    assert res["deploy_lrs"][ucil.RANDOM]["lr_scores_on_omniglot"]["0.01"] == 0.125
+    assert res["deploy_lrs"][ucil.NET0]["lr_scores_on_omniglot"]["0.01"] == 0.25
 
 
 def test_phi0_screening(tmp_path, data, monkeypatch):
@@ -408,6 +421,12 @@ def test_phi0_screening(tmp_path, data, monkeypatch):
     more = ucil.meta_train(cfg.replace(meta_epochs=2), 0, tmp_path / "run", resume=True, quiet=True,
                            workers=0, data=data, log=lambda *a: None)
     assert more.meta["phi0_candidate"] == 2 and more.meta["phi0_screen"] == [0.3, 0.2, 0.1]
+    # resuming with another value of a newer field is refused, with the flag that resumes it
+    for field, value, flag in (("phi_candidates", 1, "--phi-candidates 3"),
+                               ("thick_strokes", 0.5, "--thick-strokes 0.0")):
+        with pytest.raises(ucil.CheckpointError, match=flag):
+            ucil.meta_train(cfg.replace(meta_epochs=3, **{field: value}), 0, tmp_path / "run",
+                            resume=True, quiet=True, workers=0, data=data, log=lambda *a: None)
     # the random-DANs baseline deploys candidate 2's phi_0
     res = ucil.compare(ph, tmp_path / "cmp", draws=1, quiet=True, workers=0, data=data,
                        log=lambda *a: None, figures="net0")
@@ -415,6 +434,25 @@ def test_phi0_screening(tmp_path, data, monkeypatch):
     R = ucil.deploy(rand.net, rand.theta0, mn, cfg.deploy_steps, cfg.inner_lr)["R"]
     assert np.allclose(res["models"][ucil.RANDOM]["R_mean"], R.mean(0), rtol=1e-5, atol=1e-7)
     assert res["phenotype"]["phi0_candidate"] == 2
+
+
+def test_in_place_sgd_step_on_the_ucil_net(data):
+    """sgd_step_ on the UCIL autoencoder (input DAN layer, two skips) takes deploy_step's step; NumPy
+    synapses are copied, not overwritten; synapses the network does not use are an error."""
+    from tinydan.meta import deploy_step, sgd_step_
+    cfg = ucil.ucil_config("tiny")
+    net, theta0 = ucil.initial_state(cfg, 0, population=2)
+    x = ucil.mnist_sequences(cfg, data, 2)[:, 0]                          # (2 draws, shots, D)
+    keep = {k: v.copy() for k, v in theta0.items()}
+    want, _ = deploy_step(net, {k: td.tensor(v, requires_grad=True) for k, v in theta0.items()},
+                          x, x, 0.3)
+    got, _ = sgd_step_(net, theta0, x, x, 0.3)
+    for k in theta0:
+        assert np.array_equal(theta0[k], keep[k]), f"{k}: a NumPy input was overwritten"
+        assert not np.allclose(got[k].data, keep[k]), f"{k} did not move"
+        np.testing.assert_allclose(got[k].data, want[k].data, rtol=1e-5, atol=1e-7, err_msg=k)
+    with pytest.raises(ValueError, match="records"):
+        sgd_step_(net, {**theta0, "extra.weight": np.zeros((2, 3, 3), np.float32)}, x, x, 0.3)
 
 
 def test_shipped_phenotype_loads_and_deploys(data):

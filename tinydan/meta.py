@@ -100,20 +100,24 @@ def deploy_step(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, fl
 def sgd_step_(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, float]:
     """deploy_step in place: W <- W - lr * a^T dL/dz for every synapse tensor, one GEMM per member.
 
-    Same numbers as ``deploy_step`` (phi fixed, plain SGD), without a gradient array per synapse
-    tensor: the backward stops at the VEC sums z (``DANNetwork.forward(record=...)``) and BLAS
+    The same update as ``deploy_step`` (phi fixed, plain SGD; equal up to float rounding: BLAS
+    rounds -lr a^T dz + W once), without a gradient array per synapse tensor: the backward stops at the VEC sums z (``DANNetwork.forward(record=...)``) and BLAS
     adds -lr a_m^T dz_m into W_m directly (GEMM with beta = 1), so each synapse matrix is read and
     written once per step instead of four times. Deployment is memory-bound (millions of synapses
-    per member, five images), so this is where its time goes. ``theta``: Tensors that this
-    caller owns (they are overwritten); returns (theta, loss per member).
+    per member, five images), so this is where its time goes. ``theta``: leaf Tensors with
+    requires_grad are updated in place (the caller must own them); anything else (NumPy arrays,
+    other Tensors) is copied first. Returns (theta, loss per member).
     """
     from scipy.linalg.blas import get_blas_funcs
     th = {k: v if isinstance(v, Tensor) and v.requires_grad and v._op is None
-          else Tensor(v.data if isinstance(v, Tensor) else np.asarray(v), requires_grad=True)
+          else Tensor(np.array(v.data if isinstance(v, Tensor) else v), requires_grad=True)
           for k, v in theta.items()}
     rec: dict = {}
     x, y = _t(x), _t(y)
     loss = ops.mul(ops.mse_loss(net(x, th, record=rec), y), float(x.shape[0]))
+    if set(rec) != set(th):
+        raise ValueError(f"sgd_step_ updates the synapses a DANNetwork records; got {sorted(th)}, "
+                         f"the network uses {sorted(rec)}")
     zs = list({id(z): z for _, z in rec.values()}.values())
     dz = {id(z): g.data for z, g in zip(zs, grad(loss, zs))}
     for name, (a, z) in rec.items():

@@ -615,10 +615,20 @@ _NEWER_FIELDS = {"thick_strokes": 0.0, "phi_candidates": 1}
 
 def _expect(cfg: UCILConfig, for_resume: bool = False) -> dict:
     d = cfg.to_dict()
-    if for_resume:                       # (a field at its default may be absent from older files)
+    if for_resume:                       # the newer fields are checked by _check_newer_fields
         return {"kind": KIND, "config": {k: v for k, v in d.items() if k not in RESUMABLE_FIELDS
-                                         and not (k in _NEWER_FIELDS and v == _NEWER_FIELDS[k])}}
+                                         and k not in _NEWER_FIELDS}}
     return {"kind": KIND, "config": {"name": cfg.name, **{k: d[k] for k in MODEL_FIELDS}}}
+
+
+def _check_newer_fields(ckpt: Path, cfg: UCILConfig, meta: dict) -> None:
+    """A checkpoint without a newer field was made with its old value; any other value differs."""
+    stored = meta.get("config", {})
+    for k, old in _NEWER_FIELDS.items():
+        have, want = stored.get(k, old), getattr(cfg, k)
+        if have != want:
+            raise CheckpointError(f"{ckpt}: config.{k}: the run was made with {have}, you asked for "
+                                  f"{want}; resume it with --{k.replace('_', '-')} {have}")
 
 
 def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
@@ -646,6 +656,8 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
                   "phi0_screen_seconds": time.perf_counter() - ts}
         log(f"phi_0: candidate {k} of {cfg.phi_candidates} (final MSE on the screening sequences: "
             + ", ".join(f"{v:.4f}" for v in scores) + ")")
+    # (on --resume the checkpoint's phi replaces this phi_0 below; theta_0 is the same for every
+    # candidate, so the fingerprint check holds either way)
     trainer = new_trainer(cfg, seed, data, candidate=screen["phi0_candidate"])
     fingerprint = _theta_fingerprint(trainer.theta0)
     val_hist: list = []
@@ -654,6 +666,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     resubmit: list = []
     if resume and ckpt.exists():
         arrays, meta = load_checkpoint(ckpt, expect={**_expect(cfg, for_resume=True), "seed": seed})
+        _check_newer_fields(ckpt, cfg, meta)
         if meta.get("theta0_crc32") != fingerprint:
             raise CheckpointError(f"{ckpt}: theta_0 regenerated from seed {seed} does not match the "
                                   "one it was trained with (another tinydan version?); start afresh")
@@ -868,10 +881,19 @@ def deploy_lr(ph: Phenotype, data: UCILData | None = None) -> tuple[float, dict 
     return lr, ph.meta["deploy_lr_scores"]
 
 
+# fields that define validate()'s sequences and protocol
+_VALIDATION_FIELDS = ("image_side", "n_classes", "shots", "deploy_steps", "inner_lr", "val_classes",
+                      "val_sequences", "thick_strokes")
+
+
 def _known_val(ph: Phenotype) -> dict:
     """{cfg.inner_lr: score} when meta-training already validated this very phi (``validate``:
     the same sequences, protocol and rate): the best epoch's phi for net0, phi_0 (epoch 0) for the
     random DANs of a recorded run. Saves ``choose_lr`` one deployment of the validation set."""
+    made = ph.meta.get("config")
+    if made is not None and any(made.get(k, _NEWER_FIELDS.get(k)) != v
+                                for k, v in ph.cfg.to_dict().items() if k in _VALIDATION_FIELDS):
+        return {}                       # validated under another protocol: measure again
     if ph.meta.get("source", "").startswith("random"):
         v = dict((int(e), s) for e, s in ph.meta.get("val_history", [])).get(0)
     else:
