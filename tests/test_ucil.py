@@ -1,6 +1,7 @@
 """The UCIL experiment: the conv DAN and its fast kernels, the autoencoder's shapes and counts,
 the meta-gradient against finite differences, and an end-to-end run of the tiny config."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,9 +248,13 @@ def test_thick_strokes_sequences(data):
     assert np.all(is_thick | is_thin) and is_thick.any() and is_thin.any()   # whole classes, both kinds
     with pytest.raises(ValueError, match="thick_strokes"):
         ucil.ucil_config("tiny", thick_strokes=1.5)
-    # resuming a checkpoint written before the field existed: the default is not demanded
+    # resuming a checkpoint written before the field existed: its old value (0.0) is assumed,
+    # any other value is refused by _check_newer_fields, naming the flag
     assert "thick_strokes" not in ucil._expect(cfg0, for_resume=True)["config"]
-    assert ucil._expect(ucil.ucil_config("tiny", thick_strokes=0.5), True)["config"]["thick_strokes"] == 0.5
+    ucil._check_newer_fields(Path("old.npz"), cfg0, {"config": {}})
+    with pytest.raises(CheckpointError, match="--thick-strokes 0.0"):
+        ucil._check_newer_fields(Path("old.npz"), ucil.ucil_config("tiny", thick_strokes=0.5),
+                                 {"config": {}})
 
 
 def test_tiny_end_to_end(tmp_path, data):
