@@ -59,8 +59,8 @@ README for 50 draws and for how this config was reached). The result depends on 
 pass too little signal through the network at theta_0 for SGD on the synapses to learn (seed 1's
 own phi_0 never left the plateau: validation 0.071, MNIST 0.082), so `small` meta-trains the best
 of 4 phi_0 candidates on Omniglot screening sequences (``screen_phi0``; seed 0 keeps its own).
-With it seeds 1 and 2 learn (MNIST 0.0286, 0.0276: below their random DANs and the same-nodes
-autoencoder) but stay above the 464k-weight autoencoder (0.0251, 0.0235).
+With it seeds 1 and 2 learn (MNIST 0.0293, 0.0293: below their random DANs and, for seed 2, the
+same-nodes autoencoder) but stay above the 464k-weight autoencoder (0.0251, 0.0235).
 Earlier, with 40/20/40 DANs and thin strokes: net0 0.039, plain AE 0.0225; continuing that run
 to 40 meta-epochs did not help (validation plateau from epoch 9).
 
