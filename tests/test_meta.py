@@ -159,3 +159,32 @@ def test_in_place_sgd_step_matches_deploy_step(dtype, vec_activation):
         assert got[k].data is arrays[k], f"{k} was not updated in place"
         assert not np.allclose(got[k].data, theta[k]), f"{k} did not move"
         np.testing.assert_allclose(got[k].data, want[k].data, rtol=tol, atol=tol, err_msg=k)
+
+
+def test_in_place_meta_step_and_trainer():
+    """meta_step(in_place=True) (first_order: the inner step is sgd_step_) returns the synapses and
+    the meta-gradient of the plain first_order step; a MetaTrainer with in_place copies theta_0
+    each meta-epoch (theta_0 is never overwritten) and trains phi as the plain one does."""
+    net, theta, xt, yt, xm, ym = _setup(M=2)
+    want = meta_step(net, _leaves(theta), xt, yt, xm, ym, 0.3, "first_order")
+    mine = _leaves({k: v.copy() for k, v in theta.items()})
+    arrays = {k: v.data for k, v in mine.items()}
+    got = meta_step(net, mine, xt, yt, xm, ym, 0.3, "first_order", in_place=True)
+    for k in theta:
+        assert got[0][k].data is arrays[k] and np.allclose(got[0][k].data, want[0][k].data, atol=1e-12)
+        assert not np.allclose(got[0][k].data, theta[k])
+    for a, b in zip(got[1], want[1]):
+        assert (a is None) == (b is None) and (a is None or np.allclose(a.data, b.data, atol=1e-12))
+    assert np.isclose(got[2], want[2]) and np.isclose(got[3], want[3])
+
+    cfg = regression_config("tiny")
+    plain, fast = new_trainer(cfg, 3), new_trainer(cfg, 3)
+    fast.in_place = True
+    theta0 = {k: np.array(v) for k, v in fast.theta0.items()}
+    for _ in range(2):
+        ra, rb = plain.run_epoch(), fast.run_epoch()
+        assert np.isclose(ra["meta_loss"], rb["meta_loss"], rtol=1e-4)
+    for k, v in fast.theta0.items():
+        assert np.array_equal(np.asarray(v), theta0[k]), f"theta_0 {k} was overwritten"
+    for p, q in zip(plain.net.parameters(), fast.net.parameters()):
+        assert np.allclose(p.data, q.data, rtol=1e-4, atol=1e-6)

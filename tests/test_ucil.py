@@ -12,7 +12,7 @@ from tinydan.checkpoint import CheckpointError
 from tinydan.meta import meta_step
 from tinydan.nn.dan import ConvDAN
 from tinydan.nn.module import functional_call
-from tinydan.ops.conv import checkpoint_rows, conv2d_rows, max_pool_rows
+from tinydan.ops.conv import checkpoint_rows, conv2d_rows, dense_conv_weight, max_pool_rows
 from tinydan.testing import check_grad
 
 pytestmark = pytest.mark.ucil
@@ -123,11 +123,18 @@ def test_rows_kernels_second_order():
                rng.standard_normal((3, 4)), rng.standard_normal(4))
 
 
-@pytest.mark.parametrize("C,convs,pool", [(100, ((8, 2), (4, 2)), 3), (36, ((4, 2), (4, 2)), 2)])
-def test_conv_dan_fast_path_matches_reference(C, convs, pool):
-    """forward (banded rows, separable pool, checkpointed chunks) == reference_forward (conv2d), and
-    so do the gradients w.r.t. the inputs and phi."""
-    dan = ConvDAN(C, convs, pool, 7, rng=rng, dtype=np.float64, chunk=4)
+@pytest.mark.parametrize("C,convs,pool,dense_max,dense", [
+    (100, ((8, 2), (4, 2)), 3, None, [False, False]),      # paper: banded strips
+    (36, ((4, 2), (4, 2)), 2, None, [True, True]),         # small: whole-image matrices
+    (36, ((4, 2), (4, 2)), 2, 4000, [True, False]),        # mixed
+    (36, ((4, 2), (4, 2)), 2, 0, [False, False])])
+@pytest.mark.parametrize("keep", [False, True])
+def test_conv_dan_fast_path_matches_reference(C, convs, pool, dense_max, dense, keep):
+    """forward (banded rows or whole-image matrices, separable pool, checkpointed chunks, kept or
+    recomputed) == reference_forward (conv2d), and so do the gradients w.r.t. the inputs and phi."""
+    dan = ConvDAN(C, convs, pool, 7, rng=rng, dtype=np.float64, chunk=4, dense_max=dense_max)
+    assert dan.dense == dense
+    dan.keep_bytes = dan.KEEP_BYTES if keep else 0
     z = td.tensor(rng.standard_normal((3, 5, C)), requires_grad=True)
     fast, ref = dan(z), dan.reference_forward(z)
     assert np.allclose(fast.data, ref.data, atol=1e-12)
@@ -138,11 +145,47 @@ def test_conv_dan_fast_path_matches_reference(C, convs, pool):
         assert np.allclose(a.data, b.data, atol=1e-10)
 
 
-def test_conv_dan_second_order():
-    dan = ConvDAN(16, ((3, 2), (2, 2)), 2, 5, rng=rng, dtype=np.float64, chunk=3)
+@pytest.mark.parametrize("dense_max", [None, 0])
+def test_conv_dan_second_order(dense_max):
+    dan = ConvDAN(16, ((3, 2), (2, 2)), 2, 5, rng=rng, dtype=np.float64, chunk=3, dense_max=dense_max)
+    assert dan.dense == [dense_max is None] * 2
     names = [n for n, _ in dan.named_parameters()]
     check_grad(lambda z, *ps: functional_call(dan, dict(zip(names, ps)), z) ** 2,
                rng.standard_normal((2, 4, 16)), *[p.data.copy() for p in dan.parameters()])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 1, 2), (3, 2, 2, 2), (4, 3, 2, 3)])
+def test_dense_conv_weight_is_conv2d(shape):
+    """x.flat @ dense_conv_weight(w) == conv2d(x, w) in channels-last order, and its gradient
+    reaches w (a 3x4 image: not square, so rows and columns cannot be swapped unnoticed)."""
+    f, c, kh, kw = shape
+    x, w = rng.standard_normal((5, c, 3, 4)), rng.standard_normal(shape)
+    ref = _rows(td.conv2d(td.tensor(x), td.tensor(w)).data).reshape(5, -1)
+    T = dense_conv_weight(td.tensor(w), 3, 4)
+    assert T.shape == (3 * 4 * c, (3 - kh + 1) * (4 - kw + 1) * f)
+    assert np.allclose(_rows(x).reshape(5, -1) @ T.data, ref)
+    check_grad(lambda w: td.tanh(dense_conv_weight(w, 3, 4)), w)
+
+
+def test_checkpoint_rows_keep_matches_recompute():
+    """keep=True stores each chunk's graph: the same gradients as recomputing, first and second
+    order (with create_graph it recomputes)."""
+    def fn(x, ps):
+        w, b = ps
+        return td.tanh(td.linear(x, w, b)).sum(axis=1)
+    x, w, b = rng.standard_normal((7, 3)), rng.standard_normal((3, 4)), rng.standard_normal(4)
+    grads = []
+    for keep in (False, True):
+        ts = [td.tensor(a, requires_grad=True) for a in (x, w, b)]
+        out = checkpoint_rows(fn, ts[0], ts[1:], 3, keep=keep)
+        assert (out.saved[3] is not None) == keep              # the graphs are kept, or not
+        grads.append([g.data for g in td.grad((out ** 2).sum(), ts)])
+    for a, c in zip(*grads):
+        assert np.allclose(a, c, rtol=1e-12, atol=1e-14)
+    check_grad(lambda x, w, b: checkpoint_rows(fn, x, [w, b], 3, keep=True) ** 2, x, w, b)
+    with td.no_grad():                                         # nothing to keep when not recording
+        out = checkpoint_rows(fn, td.tensor(x), [td.tensor(w), td.tensor(b)], 3, keep=True)
+    assert out._op is None
 
 
 # ------------------------------------------------------------------------------ meta-gradient

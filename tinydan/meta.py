@@ -60,9 +60,10 @@ def task_loss(net: DANNetwork, theta: dict, x: Tensor, y: Tensor) -> Tensor:
     return ops.mul(ops.mse_loss(pred, y), float(x.shape[0]))
 
 
-def _as_leaves(theta: dict) -> dict:
-    return {k: Tensor(v.data if isinstance(v, Tensor) else v, requires_grad=True)
-            for k, v in theta.items()}
+def _as_leaves(theta: dict, copy: bool = False) -> dict:
+    """Fresh leaf Tensors with requires_grad (sharing the arrays, or ``copy``-ing them)."""
+    arrays = {k: v.data if isinstance(v, Tensor) else v for k, v in theta.items()}
+    return {k: Tensor(np.array(a) if copy else a, requires_grad=True) for k, a in arrays.items()}
 
 
 def inner_step(net: DANNetwork, theta: dict, x, y, lr: float, create_graph: bool = False):
@@ -138,17 +139,24 @@ def _t(a) -> Tensor:
 
 
 def meta_step(net: DANNetwork, theta: dict, x_task, y_task, x_meta, y_meta, inner_lr: float,
-              meta_grad: str = "first_order", phi: list | None = None):
+              meta_grad: str = "first_order", phi: list | None = None, in_place: bool = False):
     """One inner step and the meta-gradient at the updated synapses.
 
     Returns (theta_{t+1} as new leaves, grads of the meta-loss w.r.t. ``phi`` (default: all of
-    ``net``'s Parameters), task loss per member, meta-loss).
+    ``net``'s Parameters), task loss per member, meta-loss). ``in_place`` (first_order, a
+    DANNetwork): the inner step is ``sgd_step_``, which overwrites the leaves of ``theta`` (own
+    them) and returns them as theta_{t+1}; the same update up to float rounding, faster.
     """
     # BEGIN SOLUTION
     if meta_grad not in META_GRADS:
         raise ValueError(f"meta_grad must be one of {META_GRADS}, got {meta_grad!r}")
     phi = net.parameters() if phi is None else phi
     one_step = meta_grad == "one_step"
+    if in_place and not one_step and isinstance(net, DANNetwork):
+        theta1, lt = sgd_step_(net, theta, x_task, y_task, inner_lr)
+        meta_loss = ops.mse_loss(net(_t(x_meta), {k: wrap(v.data) for k, v in theta1.items()}),
+                                 _t(y_meta))
+        return theta1, grad(meta_loss, phi, allow_unused=True), lt, float(meta_loss.data)
     theta1, loss = inner_step(net, theta, x_task, y_task, inner_lr, create_graph=one_step)
     if not one_step:
         theta1_const = {k: wrap(v.data) for k, v in theta1.items()}
@@ -240,6 +248,9 @@ class MetaTrainer:
     history: dict = field(default_factory=lambda: {"epoch": [], "task_loss": [], "meta_loss": []})
     inner_optimizer: str = "sgd"
     meta_updates: int = 1
+    # first_order with SGD on a DANNetwork: the inner step updates the synapses in place
+    # (``sgd_step_``; theta is copied from theta_0 at each meta-epoch)
+    in_place: bool = False
 
     def __post_init__(self):
         if self.meta_grad not in META_GRADS:
@@ -262,7 +273,7 @@ class MetaTrainer:
         """One meta-epoch: reset theta to theta_0, a new task sequence per member, then for every
         inner step a meta step (Algorithm 1, lines 5-19). Returns the epoch's mean losses."""
         seq = self.sample(self.rng)
-        theta = _as_leaves(self.theta0)
+        theta = _as_leaves(self.theta0, copy=self.in_place)
         task_losses, meta_losses = [], []
         general = self.inner_optimizer != "sgd" or self.meta_updates != 1
         adam = SynapseAdam(self.inner_lr) if self.inner_optimizer == "adam" else None
@@ -272,7 +283,7 @@ class MetaTrainer:
             else:
                 xm, ym = seq.meta_batch(self.rng)
                 theta, gphi, lt, lm = meta_step(self.net, theta, x, y, xm, ym, self.inner_lr,
-                                                self.meta_grad, self.phi)
+                                                self.meta_grad, self.phi, in_place=self.in_place)
                 self.optimizer.step(gphi)
             task_losses.append(lt)
             meta_losses.append(lm)

@@ -505,7 +505,7 @@ def new_trainer(cfg: UCILConfig, seed: int, data: UCILData, candidate: int = 0) 
     Omniglot's training characters."""
     net, theta0 = initial_state(cfg, seed, candidate=candidate)
     return MetaTrainer(net, theta0, _sampler(cfg, data), cfg.inner_lr, cfg.meta_lr, cfg.meta_grad,
-                       cfg.meta_optimizer, seed=seed)
+                       cfg.meta_optimizer, seed=seed, in_place=True)
 
 
 _DATA_CACHE: dict = {}
@@ -1199,24 +1199,30 @@ def sgemm_gflops(n: int = 2048, repeat: int = 3) -> float:
 def meta_step_flops(cfg: UCILConfig, meta_grad: str = "first_order", as_executed: bool = True) -> float:
     """Multiply-add FLOPs (2 per multiply-add) of one meta-step, an estimate for the fraction of
     matmul peak, not a measurement. ``as_executed``: as this code runs it (banded convolutions
-    with their zeros, the DAN forward recomputed in the backward); else the useful work only
-    (direct convolutions, forward once, backward twice the forward)."""
+    with their zeros, or whole-image matrices for tiny DAN images; the DAN forward recomputed in
+    the backward where a layer's call is too big to keep its intermediates); else the useful work
+    only (direct convolutions, forward once, backward twice the forward)."""
     net = build_ucil_net(cfg, np.random.default_rng(0))
     M, b, B = cfg.population, cfg.shots, cfg.meta_batch
     vec = 2.0 * net.num_synapses()
     dan = net.dans[0]
     dan_fwd = 2.0 * (dan.flat * dan.fc0_w.shape[1] + dan.fc0_w.shape[1])
-    for (c_in, c_out, k, s_in), block in zip(dan.conv_shapes, dan.blocks):
+    for (c_in, c_out, k, s_in), block, dense in zip(dan.conv_shapes, dan.blocks, dan.dense):
         so = s_in - k + 1
-        if as_executed:
+        if as_executed and dense:
+            dan_fwd += 2.0 * (s_in * s_in * c_in) * (so * so * c_out)
+        elif as_executed:
             dan_fwd += 2.0 * so * (so // block) * (k * (block + k - 1) * c_in) * (block * c_out)
         else:
             dan_fwd += 2.0 * so * so * c_in * k * k * c_out
-    n_dans = sum(cfg.nodes[1:])
-    passes = 4 if as_executed else 3              # forward (+ recompute) + backward (2 products)
+
+    def dans(rows_per_neuron):                  # forward (+ recompute) + backward (2 products)
+        return sum(n * dan_fwd * (3 if not as_executed or
+                                  rows_per_neuron * n * dan.row_bytes <= dan.keep_bytes else 4)
+                   for n in cfg.nodes[1:])
     # inner step: VEC forward, dX and dW (3 products); meta step: VEC forward and dX (2 products)
-    inner = M * b * (3 * vec + n_dans * dan_fwd * passes)
-    meta = M * B * (2 * vec + n_dans * dan_fwd * passes)
+    inner = M * b * 3 * vec + M * b * dans(M * b)
+    meta = M * B * 2 * vec + M * B * dans(M * B)
     if meta_grad == "one_step":                   # the inner step's backward is differentiated
         inner *= 2
     return inner + meta

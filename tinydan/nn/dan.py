@@ -111,15 +111,20 @@ class ConvDAN(Module):
     phi is stored as in the usual channels-first model (conv weights (F, C, kh, kw); ``fc0_w`` rows
     in (channel, row, column) order), and ``reference_forward`` computes the DAN that way with
     ``conv2d``/``max_pool2d``. ``forward`` computes the same numbers faster (tests check it):
-    channels-last rows with banded weights (``ops.conv.conv2d_rows``), separable max-pooling, and
+    channels-last rows with banded weights (``ops.conv.conv2d_rows``) or, for a conv whose whole
+    matrix has at most ``dense_max`` entries, one product with that matrix
+    (``ops.conv.dense_conv_weight``), separable max-pooling, and
     the whole DAN run ``chunk`` neurons at a time with recomputation in the backward
     (``ops.conv.checkpoint_rows``), so a layer of 100,000 DANs stores nothing but its input.
     """
 
+    DENSE_MAX = 16384      # entries of a conv's whole matrix up to which it runs as one GEMM
+    KEEP_BYTES = 256 << 20  # intermediates a call may keep for its backward instead of recomputing
+
     def __init__(self, n_channels: int = 100, convs: Sequence[tuple[int, int]] = ((8, 2), (4, 2)),
                  pool: int = 3, fc_hidden: int = 30, slope: float = 0.01,
                  rng: np.random.Generator | None = None, dtype=np.float32,
-                 chunk: int | None = None):
+                 chunk: int | None = None, dense_max: int | None = None):
         super().__init__()
         rng = np.random.default_rng(0) if rng is None else rng
         side = math.isqrt(int(n_channels))
@@ -152,17 +157,34 @@ class ConvDAN(Module):
         self.blocks = [max(b for b in range(1, min(4, side_in - k + 1) + 1) if (side_in - k + 1) % b == 0)
                        if c_in > 1 else side_in - k + 1
                        for c_in, _, k, side_in in self.conv_shapes]
+        # a conv whose whole matrix (H*W*c_in x OH*OW*c_out) has at most dense_max entries runs as
+        # ONE product with it (``ops.conv.dense_conv_weight``): for 6x6 DAN images that beats the
+        # banded strips (no im2col copies, no col2im) although most of its entries are zeros
+        self.dense_max = self.DENSE_MAX if dense_max is None else int(dense_max)
+        self.dense = [s_in * s_in * c_in * (s_in - k + 1) ** 2 * c_out <= self.dense_max
+                      for c_in, c_out, k, s_in in self.conv_shapes]
         # neurons per chunk of checkpoint_rows: measured best near 1,000-2,000 for C = 100 and
         # 4,000 for C = 36 (intermediates of a few MB: the cache, and few Python-level ops)
         self.chunk = int(chunk) if chunk is not None else max(64, (1 << 17) // self.n_channels)
         self.threads = 1            # threads for the chunks (see ops.conv.checkpoint_rows)
+        # bytes per row a recorded forward keeps (outputs, masks and temporaries, roughly): a call of
+        # at most KEEP_BYTES keeps them (checkpoint_rows(keep=True)) instead of recomputing them
+        self.row_bytes = 8 * np.dtype(dtype).itemsize * (
+            self.n_channels + sum((s - k + 1) ** 2 * c for _, c, k, s in self.conv_shapes)
+            + self.pool_side ** 2 * self.c_last + fc_hidden)
+        self.keep_bytes = self.KEEP_BYTES
 
     def _row_params(self) -> list[Tensor]:
         """phi in the form the channels-last rows kernels use (recorded ops: gradients reach phi)."""
         params = []
-        for i, (c_in, c_out, k, _) in enumerate(self.conv_shapes):
-            block = self.blocks[i]
-            params.append(ops.conv.banded_weight(getattr(self, f"conv{i}_w"), block))
+        for i, (c_in, c_out, k, s_in) in enumerate(self.conv_shapes):
+            w = getattr(self, f"conv{i}_w")
+            if self.dense[i]:                       # T (s*s*c_in, so*so*c_out), bias per output
+                block = (s_in - k + 1) ** 2
+                params.append(ops.conv.dense_conv_weight(w, s_in, s_in))
+            else:                                   # banded strips, bias per block of pixels
+                block = self.blocks[i]
+                params.append(ops.conv.banded_weight(w, block))
             params.append(ops.reshape(ops.broadcast_to(getattr(self, f"conv{i}_b"), (block, c_out)),
                                       (block * c_out,)))
         s, c = self.pool_side, self.c_last          # fc0 rows (c, y, x) -> channels-last (y, x, c)
@@ -174,9 +196,15 @@ class ConvDAN(Module):
         """The DAN on rows: x (rows, C) -> (rows,), channels-last all the way."""
         rows = x.shape[0]
         h = ops.reshape(x, (rows, self.side, self.side))            # (rows, s, s*1)
-        for i, (c_in, c_out, k, _) in enumerate(self.conv_shapes):
-            h = ops.conv.conv_rows_banded(h, params[2 * i], params[2 * i + 1], k, k, c_in,
-                                          self.blocks[i], self.slope)  # (rows, s', s'*c_out)
+        for i, (c_in, c_out, k, s_in) in enumerate(self.conv_shapes):
+            if self.dense[i]:                                        # one GEMM: x.flat @ T + b
+                so = s_in - k + 1
+                h = ops.leaky_relu(ops.linear(ops.reshape(h, (rows, s_in * s_in * c_in)),
+                                              params[2 * i], params[2 * i + 1]), self.slope)
+                h = ops.reshape(h, (rows, so, so * c_out))           # (rows, s', s'*c_out)
+            else:
+                h = ops.conv.conv_rows_banded(h, params[2 * i], params[2 * i + 1], k, k, c_in,
+                                              self.blocks[i], self.slope)  # (rows, s', s'*c_out)
         h = ops.conv.max_pool_rows(h, self.pool, self.c_last)            # (rows, p, p*c_last)
         h = ops.reshape(h, (rows, self.flat))
         w0, b0, w1, b1 = params[2 * self.n_convs:]
@@ -189,7 +217,8 @@ class ConvDAN(Module):
         if C != self.n_channels:
             raise ValueError(f"DAN expects {self.n_channels} channels per neuron, got input {z.shape}")
         h = ops.conv.checkpoint_rows(self._rows, ops.reshape(z, (R * n, C)), self._row_params(),
-                                     self.chunk, self.threads)
+                                     self.chunk, self.threads,
+                                     keep=R * n * self.row_bytes <= self.keep_bytes)
         if final_activation:
             h = ops.leaky_relu(h, self.slope)
         return ops.reshape(h, (R, n))

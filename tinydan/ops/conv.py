@@ -241,6 +241,38 @@ def banded_weight(weight: Tensor, block: int) -> Tensor:
     return reshape(flat, (kh * L * c, block * f))
 
 
+def _dense_selection(f: int, c: int, kh: int, kw: int, h: int, w: int) -> np.ndarray:
+    """0/1 matrix S with T.flat = w.flat @ S: (F*C*kh*kw, H*W*C * OH*OW*F).
+
+    T[(y, x, ci), (oy, ox, fo)] = w[fo, ci, y - oy, x - ox] inside the kernel, else 0.
+    """
+    oh, ow = h - kh + 1, w - kw + 1
+    y, x, ci, oy, ox, fo = np.meshgrid(np.arange(h), np.arange(w), np.arange(c), np.arange(oh),
+                                       np.arange(ow), np.arange(f), indexing="ij")
+    dy, dx = y - oy, x - ox
+    ok = (dy >= 0) & (dy < kh) & (dx >= 0) & (dx < kw)
+    rows = ((y * w + x) * c + ci) * (oh * ow * f) + (oy * ow + ox) * f + fo   # flat index into T
+    src = ((fo * c + ci) * kh + np.clip(dy, 0, kh - 1)) * kw + np.clip(dx, 0, kw - 1)
+    S = np.zeros((f * c * kh * kw, h * w * c * oh * ow * f))
+    S[src[ok], rows[ok]] = 1.0
+    return S
+
+
+def dense_conv_weight(weight: Tensor, h: int, w: int) -> Tensor:
+    """Conv weight (F, C, kh, kw) -> the whole convolution of an H x W image as one matrix
+    T (H*W*C, OH*OW*F) on channels-last rows (differentiable): out.flat = x.flat @ T.
+
+    Mostly zeros (each output pixel reads kh*kw of the H*W pixels), so only worth it for tiny
+    images, where one GEMM with no im2col copy beats the banded strips (``ConvDAN`` decides).
+    """
+    f, c, kh, kw = weight.shape
+    key = ("dense", f, c, kh, kw, int(h), int(w), weight.dtype)
+    if key not in _BANDS:
+        _BANDS[key] = _dense_selection(f, c, kh, kw, int(h), int(w)).astype(weight.dtype)
+    flat = matmul(reshape(weight, (1, f * c * kh * kw)), wrap(_BANDS[key]))   # (1, H*W*C*OH*OW*F)
+    return reshape(flat, (h * w * c, (h - kh + 1) * (w - kw + 1) * f))
+
+
 class BandedConv(Op):
     @staticmethod
     def forward(ctx, x, band, bias_row, kh, win, step, slope):
@@ -406,21 +438,36 @@ def _map_chunks(job, starts, threads: int) -> list:
 
 class CheckpointRows(Op):
     @staticmethod
-    def forward(ctx, x, *params, fn, chunk, threads):
-        # fn chunk by chunk, recording nothing: only the inputs stay alive for the backward
-        ctx.saved = (fn, chunk, threads)
-        with no_grad():
-            ps = [wrap(p) for p in params]
-            outs = _map_chunks(lambda i: fn(wrap(x[i:i + chunk]), ps).data,
-                               range(0, x.shape[0], chunk), threads)
+    def forward(ctx, x, *params, fn, chunk, threads, keep):
+        # fn chunk by chunk. keep None: recording nothing, only the inputs stay alive for the
+        # backward. keep (requires_grad of x, of each param): each chunk's graph is recorded on
+        # leaves of its own and kept, so a plain backward needs no recomputation.
+        starts = range(0, x.shape[0], chunk)
+        if keep is not None:
+            with enable_grad():
+                ps = [Tensor(p, requires_grad=r) for p, r in zip(params, keep[1])]
+
+                def run(i):
+                    xc = Tensor(x[i:i + chunk], requires_grad=keep[0])
+                    return xc, fn(xc, ps)
+                graphs = _map_chunks(run, starts, threads)
+            ctx.saved = (fn, chunk, threads, (ps, graphs))
+            outs = [o.data for _, o in graphs]
+        else:
+            ctx.saved = (fn, chunk, threads, None)
+            with no_grad():
+                ps = [wrap(p) for p in params]
+                outs = _map_chunks(lambda i: fn(wrap(x[i:i + chunk]), ps).data, starts, threads)
         return outs[0] if len(outs) == 1 else np.concatenate(outs)
 
     @staticmethod
     def backward(ctx, g):
-        fn, chunk, threads = ctx.saved
+        fn, chunk, threads, kept = ctx.saved
         x, *params = ctx.inputs
         need_x, *need_p = ctx.needs_input_grad
         n = x.shape[0]
+        if kept is not None and not is_grad_enabled():
+            return _kept_backward(kept, g.data, chunk, threads, need_x, need_p, x)
         if is_grad_enabled():
             # create_graph: recompute with recording on, so the gradient has a graph of its own
             gx_parts, gp = [], [None] * len(params)
@@ -459,21 +506,47 @@ class CheckpointRows(Op):
 
         with enable_grad():
             parts = _map_chunks(job, range(0, n, chunk), threads)
-        gp, k = [], 0
-        for p, nd in zip(params, need_p):
-            if not nd:
-                gp.append(None)
-                continue
-            acc = np.zeros(p.shape, p.dtype)
-            for part in parts:
-                if part[k] is not None:
-                    acc += part[k]
-            gp.append(wrap(acc))
-            k += 1
-        return (None if gx is None else wrap(gx), *gp)
+        return (None if gx is None else wrap(gx), *_sum_parts(parts, params, need_p))
 
 
-def checkpoint_rows(fn, x: Tensor, params, chunk: int, threads: int = 1) -> Tensor:
+def _kept_backward(kept, g, chunk, threads, need_x, need_p, x):
+    """CheckpointRows' plain backward from the graphs its forward kept: no recomputation."""
+    ps, graphs = kept
+    wanted_p = [p for p, nd in zip(ps, need_p) if nd]
+    gx = np.empty(x.shape, x.dtype) if need_x else None
+
+    def job(k):
+        xc, out = graphs[k]
+        i = k * chunk
+        grads = grad(out, ([xc] if need_x else []) + wanted_p, wrap(g[i:i + chunk]),
+                     allow_unused=True)
+        grads = [None if gi is None else gi.data for gi in grads]
+        if need_x:
+            gxc = grads.pop(0)
+            gx[i:i + chunk] = 0 if gxc is None else gxc
+        return grads
+
+    parts = _map_chunks(job, range(len(graphs)), threads)
+    return (None if gx is None else wrap(gx), *_sum_parts(parts, ps, need_p))
+
+
+def _sum_parts(parts, params, need_p) -> list:
+    """Per-param gradients summed over the chunks' parts (None where not needed)."""
+    gp, k = [], 0
+    for p, nd in zip(params, need_p):
+        if not nd:
+            gp.append(None)
+            continue
+        acc = np.zeros(p.shape, p.dtype)
+        for part in parts:
+            if part[k] is not None:
+                acc += part[k]
+        gp.append(wrap(acc))
+        k += 1
+    return gp
+
+
+def checkpoint_rows(fn, x: Tensor, params, chunk: int, threads: int = 1, keep: bool = False) -> Tensor:
     """fn(x, params) for a row-wise fn, computed ``chunk`` rows at a time, storing no intermediates.
 
     ``fn(x_rows, params) -> out_rows`` must treat every row of x on its own (a layer of DANs does).
@@ -482,8 +555,14 @@ def checkpoint_rows(fn, x: Tensor, params, chunk: int, threads: int = 1) -> Tens
     arrays stay small enough for the cache. With create_graph the recomputation is recorded, so
     gradients of gradients work as for the plain composition. ``threads`` > 1 runs the chunks of
     the forward and of the plain backward on that many threads (give BLAS one thread each).
+    ``keep``: when recording, keep every chunk's intermediates instead (memory for time: a plain
+    backward then recomputes nothing; with create_graph it still recomputes).
     """
     if x.shape[0] == 0:
         raise ValueError("checkpoint_rows needs at least one row")
     params = list(params)
-    return apply(CheckpointRows, x, *params, fn=fn, chunk=max(1, int(chunk)), threads=max(1, int(threads)))
+    kept = None
+    if keep and is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        kept = (x.requires_grad, tuple(p.requires_grad for p in params))
+    return apply(CheckpointRows, x, *params, fn=fn, chunk=max(1, int(chunk)),
+                 threads=max(1, int(threads)), keep=kept)
