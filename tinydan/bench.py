@@ -884,6 +884,39 @@ def ucil_deploy_step() -> Case:
                       "(a gradient array per synapse tensor, then theta - lr g)")
 
 
+@register("ucil_meta_step", target=1.0)
+def ucil_meta_step() -> Case:
+    """UCIL `small` meta-step (M = 3, first_order): the fast paths vs the generic ones."""
+    from .meta import meta_step
+    from .ucil import initial_state, ucil_config
+    cfg = ucil_config("small")
+    fast, theta0 = initial_state(cfg, 0)
+    slow, _ = initial_state(cfg, 0)
+    for dan in slow.dans:              # banded strips, recomputed forward
+        dan.dense, dan.keep_bytes = [False] * len(dan.dense), 0
+    r = _rng(6)
+    M, D = cfg.population, cfg.nodes[0]
+    x = r.random((M, cfg.shots, D)).astype(np.float32)                    # the inner batch
+    xm = r.random((M, cfg.meta_batch, D)).astype(np.float32)              # the meta-batch
+    names = sorted(theta0)
+
+    def fresh():
+        return {k: Tensor(np.array(theta0[k]), requires_grad=True) for k in names}
+    mine, ref = {"theta": fresh()}, {"theta": fresh()}
+
+    def step(net, state, in_place):    # the synapses keep learning, as in a meta-epoch
+        state["theta"], gphi, lt, lm = meta_step(net, state["theta"], x, x, xm, xm, cfg.inner_lr,
+                                                 "first_order", in_place=in_place)
+        return (lm, lt, *gphi, *[state["theta"][k].data for k in names])
+
+    return Case(lambda: step(fast, mine, True), lambda: step(slow, ref, False),
+                reference_name="generic path", rtol=1e-3, atol=1e-4,
+                notes=f"{fast.num_synapses() / 1e6:.2f}M synapses per member, 5-image inner step, "
+                      f"{cfg.meta_batch}-image meta-batch; tinydan: whole-image conv matrices, "
+                      "kept DAN graphs, in-place inner SGD; reference: the same step with banded "
+                      "convs, recomputed DAN forward, a gradient array per synapse tensor")
+
+
 # ---------------------------------------------------------------------------- CLI
 def _parse_args(argv):
     p = argparse.ArgumentParser(

@@ -9,9 +9,11 @@ Max-pooling gathers the arg-max of each window (``take_rows``); its adjoint puts
 the arg-max (``put_rows``). The arg-max itself is a constant mask, as for relu.
 
 For the convolutional DANs (thousands of 10x10 images per call) there is a second, faster layout:
-channels-last rows (N, H, W*C) with *banded* weights (``conv2d_rows``), separable stride-1
-max-pooling (``max_pool_rows``) and ``checkpoint_rows``, which runs a row-wise function in
-cache-sized chunks and recomputes it in the backward instead of storing its intermediates.
+channels-last rows (N, H, W*C) with *banded* weights (``conv2d_rows``) or, for images so small
+that the whole convolution is a small matrix, that matrix (``dense_conv_weight``: one GEMM, no
+im2col), separable stride-1 max-pooling (``max_pool_rows``) and ``checkpoint_rows``, which runs a
+row-wise function in cache-sized chunks and recomputes it in the backward instead of storing its
+intermediates (or, with ``keep``, stores them when they are few).
 """
 from __future__ import annotations
 
