@@ -188,3 +188,17 @@ def test_in_place_meta_step_and_trainer():
         assert np.array_equal(np.asarray(v), theta0[k]), f"theta_0 {k} was overwritten"
     for p, q in zip(plain.net.parameters(), fast.net.parameters()):
         assert np.allclose(p.data, q.data, rtol=1e-4, atol=1e-6)
+
+
+def test_in_place_sgd_step_copies_read_only_synapses():
+    """A leaf over a read-only array (np.load, broadcast_to) is copied, not written into."""
+    from tinydan.meta import sgd_step_
+    net, theta, xt, yt, _, _ = _setup(M=2)
+    ro = {k: np.array(v) for k, v in theta.items()}
+    for v in ro.values():
+        v.flags.writeable = False
+    leaves = _leaves(ro)
+    got, _ = sgd_step_(net, leaves, xt, yt, 0.3)
+    for k in theta:
+        assert np.array_equal(ro[k], theta[k]) and got[k].data is not ro[k]
+        assert not np.allclose(got[k].data, theta[k])

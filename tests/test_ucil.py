@@ -167,19 +167,25 @@ def test_dense_conv_weight_is_conv2d(shape):
     check_grad(lambda w: td.tanh(dense_conv_weight(w, 3, 4)), w)
 
 
-def test_checkpoint_rows_keep_matches_recompute():
-    """keep=True stores each chunk's graph: the same gradients as recomputing, first and second
-    order (with create_graph it recomputes)."""
+@pytest.mark.parametrize("threads", [1, 3])
+def test_checkpoint_rows_keep_matches_recompute(threads):
+    """keep=True stores each chunk's graph: the same gradients as recomputing, without calling fn
+    again in a plain backward; first and second order (with create_graph it recomputes)."""
+    calls = [0]
+
     def fn(x, ps):
+        calls[0] += 1
         w, b = ps
         return td.tanh(td.linear(x, w, b)).sum(axis=1)
     x, w, b = rng.standard_normal((7, 3)), rng.standard_normal((3, 4)), rng.standard_normal(4)
     grads = []
     for keep in (False, True):
         ts = [td.tensor(a, requires_grad=True) for a in (x, w, b)]
-        out = checkpoint_rows(fn, ts[0], ts[1:], 3, keep=keep)
-        assert (out.saved[3] is not None) == keep              # the graphs are kept, or not
+        calls[0] = 0
+        out = checkpoint_rows(fn, ts[0], ts[1:], 3, threads=threads, keep=keep)
+        assert calls[0] == 3                                   # 7 rows in chunks of 3
         grads.append([g.data for g in td.grad((out ** 2).sum(), ts)])
+        assert calls[0] == (3 if keep else 6)                  # kept: nothing recomputed
     for a, c in zip(*grads):
         assert np.allclose(a, c, rtol=1e-12, atol=1e-14)
     check_grad(lambda x, w, b: checkpoint_rows(fn, x, [w, b], 3, keep=True) ** 2, x, w, b)

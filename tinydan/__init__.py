@@ -15,7 +15,7 @@ from .ops import (abs, add, broadcast_to, concatenate, conv2d, div, exp, getitem
                   transpose, where, col2im)
 from .tensor import Op, Tensor, apply, tensor
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Tensor", "tensor", "Op", "apply", "grad", "backward", "no_grad", "enable_grad",

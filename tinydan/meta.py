@@ -102,15 +102,16 @@ def sgd_step_(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, floa
     """deploy_step in place: W <- W - lr * a^T dL/dz for every synapse tensor, one GEMM per member.
 
     The same update as ``deploy_step`` (phi fixed, plain SGD; equal up to float rounding: BLAS
-    rounds -lr a^T dz + W once), without a gradient array per synapse tensor: the backward stops at the VEC sums z (``DANNetwork.forward(record=...)``) and BLAS
+    rounds -lr a^T dz + W once), without a gradient array per synapse tensor: the backward stops
+    at the VEC sums z (``DANNetwork.forward(record=...)``) and BLAS
     adds -lr a_m^T dz_m into W_m directly (GEMM with beta = 1), so each synapse matrix is read and
     written once per step instead of four times. Deployment is memory-bound (millions of synapses
     per member, five images), so this is where its time goes. ``theta``: leaf Tensors with
-    requires_grad are updated in place (the caller must own them); anything else (NumPy arrays,
-    other Tensors) is copied first. Returns (theta, loss per member).
+    requires_grad and a writable array are updated in place (the caller must own them); anything
+    else (NumPy arrays, read-only arrays, other Tensors) is copied first. Returns (theta, loss per member).
     """
     from scipy.linalg.blas import get_blas_funcs
-    th = {k: v if isinstance(v, Tensor) and v.requires_grad and v._op is None
+    th = {k: v if isinstance(v, Tensor) and v.requires_grad and v._op is None and v.data.flags.writeable
           else Tensor(np.array(v.data if isinstance(v, Tensor) else v), requires_grad=True)
           for k, v in theta.items()}
     rec: dict = {}
@@ -143,9 +144,10 @@ def meta_step(net: DANNetwork, theta: dict, x_task, y_task, x_meta, y_meta, inne
     """One inner step and the meta-gradient at the updated synapses.
 
     Returns (theta_{t+1} as new leaves, grads of the meta-loss w.r.t. ``phi`` (default: all of
-    ``net``'s Parameters), task loss per member, meta-loss). ``in_place`` (first_order, a
-    DANNetwork): the inner step is ``sgd_step_``, which overwrites the leaves of ``theta`` (own
-    them) and returns them as theta_{t+1}; the same update up to float rounding, faster.
+    ``net``'s Parameters), task loss per member, meta-loss). ``in_place`` (first_order on a
+    DANNetwork; ignored otherwise): the inner step is ``sgd_step_``, which overwrites the writable
+    leaves of ``theta`` (own them) and returns them as theta_{t+1}; the same update up to float
+    rounding, faster.
     """
     if in_place and meta_grad == "first_order" and isinstance(net, DANNetwork):
         theta1, lt = sgd_step_(net, theta, x_task, y_task, inner_lr)
@@ -232,7 +234,9 @@ class MetaTrainer:
     reset with theta at each meta-epoch); ``meta_updates=k`` takes k phi steps after every inner
     step, each on a fresh meta-batch at theta_{t+1} (one_step: each one re-differentiates the inner
     step from theta_t under the current phi, and the synapses move on with the last). The epoch's
-    meta-loss is that of the first meta-batch after each inner step.
+    meta-loss is that of the first meta-batch after each inner step. ``in_place=True`` (plain SGD,
+    first_order, a DANNetwork; ignored otherwise) runs ``meta_step(in_place=True)`` on a copy of
+    theta_0 made at each meta-epoch.
     """
 
     net: DANNetwork

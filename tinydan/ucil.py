@@ -54,8 +54,8 @@ the shipped phenotype):
     MSE on digits not yet seen (net0)    0.090 +- 0.001 before learning, 0.044 +- 0.003 before the 9s
 
 net0 has the lowest final loss of the four, its CI apart from all three (from the plain 464k-weight
-autoencoder's by 0.0004: see the README for other seeds and for how this config was reached). The result depends on phi_0: most draws
-pass too little signal through the network at theta_0 for SGD on the synapses to learn (seed 1's
+autoencoder's by 0.0004: see the README for other seeds and for how this config was reached).
+The result depends on phi_0: most draws pass too little signal through the network at theta_0 for SGD on the synapses to learn (seed 1's
 own phi_0 never left the plateau: validation 0.071, MNIST 0.082), so `small` meta-trains the best
 of 4 phi_0 candidates on Omniglot screening sequences (``screen_phi0``; seed 0 keeps its own).
 With it seeds 1 and 2 learn (MNIST 0.0293, 0.0293: below their random DANs and, for seed 2, the
@@ -1251,7 +1251,8 @@ def _bench_child(meta_grad: str, repeat: int, blas_threads: int, dan_threads: in
         x = data[:, r % cfg.n_classes]
         xm, _ = seq.meta_batch(rng)
         t, c = time.perf_counter(), time.process_time()
-        theta, _, _, lm = meta_step(net, theta, x, x, xm, xm, cfg.inner_lr, meta_grad)
+        theta, _, _, lm = meta_step(net, theta, x, x, xm, xm, cfg.inner_lr, meta_grad,
+                                    in_place=True)     # as meta_train runs it
         if r:
             times.append(time.perf_counter() - t)
             cpu.append(time.process_time() - c)

@@ -114,11 +114,13 @@ class ConvDAN(Module):
     channels-last rows with banded weights (``ops.conv.conv2d_rows``) or, for a conv whose whole
     matrix has at most ``dense_max`` entries, one product with that matrix
     (``ops.conv.dense_conv_weight``), separable max-pooling, and
-    the whole DAN run ``chunk`` neurons at a time with recomputation in the backward
-    (``ops.conv.checkpoint_rows``), so a layer of 100,000 DANs stores nothing but its input.
+    the whole DAN run ``chunk`` neurons at a time (``ops.conv.checkpoint_rows``): a call of up to
+    ``keep_bytes`` (estimated) keeps its intermediates for the backward, a bigger one recomputes
+    them there, so a layer of 100,000 DANs stores nothing but its input. Both limits are per call.
     """
 
     DENSE_MAX = 16384      # entries of a conv's whole matrix up to which it runs as one GEMM
+    SELECTION_MAX = 1 << 20  # ... and of the 0/1 matrix that builds it from the kernel
     KEEP_BYTES = 256 << 20  # intermediates a call may keep for its backward instead of recomputing
 
     def __init__(self, n_channels: int = 100, convs: Sequence[tuple[int, int]] = ((8, 2), (4, 2)),
@@ -161,8 +163,10 @@ class ConvDAN(Module):
         # ONE product with it (``ops.conv.dense_conv_weight``): for 6x6 DAN images that beats the
         # banded strips (no im2col copies, no col2im) although most of its entries are zeros
         self.dense_max = self.DENSE_MAX if dense_max is None else int(dense_max)
+        # (the selection matrix that builds it has c_out*c_in*k*k rows of that size: bounded too)
         self.dense = [s_in * s_in * c_in * (s_in - k + 1) ** 2 * c_out <= self.dense_max
-                      for c_in, c_out, k, s_in in self.conv_shapes]
+                      and s_in * s_in * c_in * (s_in - k + 1) ** 2 * c_out * c_out * c_in * k * k
+                      <= self.SELECTION_MAX for c_in, c_out, k, s_in in self.conv_shapes]
         # neurons per chunk of checkpoint_rows: measured best near 1,000-2,000 for C = 100 and
         # 4,000 for C = 36 (intermediates of a few MB: the cache, and few Python-level ops)
         self.chunk = int(chunk) if chunk is not None else max(64, (1 << 17) // self.n_channels)

@@ -243,19 +243,19 @@ def banded_weight(weight: Tensor, block: int) -> Tensor:
     return reshape(flat, (kh * L * c, block * f))
 
 
-def _dense_selection(f: int, c: int, kh: int, kw: int, h: int, w: int) -> np.ndarray:
-    """0/1 matrix S with T.flat = w.flat @ S: (F*C*kh*kw, H*W*C * OH*OW*F).
+def _dense_selection(f: int, c: int, kh: int, kw: int, height: int, width: int) -> np.ndarray:
+    """0/1 matrix S with T.flat = weight.flat @ S: (F*C*kh*kw, H*W*C * OH*OW*F).
 
-    T[(y, x, ci), (oy, ox, fo)] = w[fo, ci, y - oy, x - ox] inside the kernel, else 0.
+    T[(y, x, ci), (oy, ox, fo)] = weight[fo, ci, y - oy, x - ox] inside the kernel, else 0.
     """
-    oh, ow = h - kh + 1, w - kw + 1
-    y, x, ci, oy, ox, fo = np.meshgrid(np.arange(h), np.arange(w), np.arange(c), np.arange(oh),
-                                       np.arange(ow), np.arange(f), indexing="ij")
+    oh, ow = height - kh + 1, width - kw + 1
+    y, x, ci, oy, ox, fo = np.meshgrid(np.arange(height), np.arange(width), np.arange(c),
+                                       np.arange(oh), np.arange(ow), np.arange(f), indexing="ij")
     dy, dx = y - oy, x - ox
     ok = (dy >= 0) & (dy < kh) & (dx >= 0) & (dx < kw)
-    rows = ((y * w + x) * c + ci) * (oh * ow * f) + (oy * ow + ox) * f + fo   # flat index into T
+    rows = ((y * width + x) * c + ci) * (oh * ow * f) + (oy * ow + ox) * f + fo   # flat index into T
     src = ((fo * c + ci) * kh + np.clip(dy, 0, kh - 1)) * kw + np.clip(dx, 0, kw - 1)
-    S = np.zeros((f * c * kh * kw, h * w * c * oh * ow * f))
+    S = np.zeros((f * c * kh * kw, height * width * c * oh * ow * f))
     S[src[ok], rows[ok]] = 1.0
     return S
 
@@ -549,13 +549,14 @@ def _sum_parts(parts, params, need_p) -> list:
 
 
 def checkpoint_rows(fn, x: Tensor, params, chunk: int, threads: int = 1, keep: bool = False) -> Tensor:
-    """fn(x, params) for a row-wise fn, computed ``chunk`` rows at a time, storing no intermediates.
+    """fn(x, params) for a row-wise fn, computed ``chunk`` rows at a time, storing no intermediates
+    (unless ``keep``).
 
     ``fn(x_rows, params) -> out_rows`` must treat every row of x on its own (a layer of DANs does).
-    The forward keeps only x and the params; the backward recomputes each chunk and backpropagates
-    through it (gradient checkpointing), so memory stays at one chunk's intermediates and the
-    arrays stay small enough for the cache. With create_graph the recomputation is recorded, so
-    gradients of gradients work as for the plain composition. ``threads`` > 1 runs the chunks of
+    Without ``keep`` the forward stores only x and the params; the backward recomputes each chunk
+    and backpropagates through it (gradient checkpointing), so memory stays at one chunk's
+    intermediates and the arrays stay small enough for the cache. With create_graph the
+    recomputation is recorded, so gradients of gradients work as for the plain composition. ``threads`` > 1 runs the chunks of
     the forward and of the plain backward on that many threads (give BLAS one thread each).
     ``keep``: when recording, keep every chunk's intermediates instead (memory for time: a plain
     backward then recomputes nothing; with create_graph it still recomputes).
