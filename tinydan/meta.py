@@ -103,17 +103,19 @@ def sgd_step_(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, floa
 
     The same update as ``deploy_step`` (phi fixed, plain SGD; equal up to float rounding: BLAS
     rounds -lr a^T dz + W once), without a gradient array per synapse tensor: the backward stops
-    at the VEC sums z (``DANNetwork.forward(record=...)``) and BLAS
-    adds -lr a_m^T dz_m into W_m directly (GEMM with beta = 1), so each synapse matrix is read and
-    written once per step instead of four times. Deployment is memory-bound (millions of synapses
+    at the VEC sums z (``DANNetwork.forward(record=...)``) and BLAS adds -lr a_m^T dz_m into W_m
+    directly (GEMM with beta = 1), so each synapse matrix is read and written once per step instead
+    of four times. Deployment is memory-bound (millions of synapses
     per member, five images), so this is where its time goes. ``theta``: leaf Tensors with
     requires_grad and a writable array are updated in place (the caller must own them); anything
-    else (NumPy arrays, read-only arrays, other Tensors) is copied first. Returns (theta, loss per member).
+    else (NumPy arrays, read-only arrays, other Tensors) is copied first. Returns (theta, loss per
+    member).
     """
     from scipy.linalg.blas import get_blas_funcs
-    th = {k: v if isinstance(v, Tensor) and v.requires_grad and v._op is None and v.data.flags.writeable
-          else Tensor(np.array(v.data if isinstance(v, Tensor) else v), requires_grad=True)
-          for k, v in theta.items()}
+    def owned(v):
+        return isinstance(v, Tensor) and v.requires_grad and v._op is None and v.data.flags.writeable
+    th = {k: v if owned(v) else Tensor(np.array(v.data if isinstance(v, Tensor) else v),
+                                       requires_grad=True) for k, v in theta.items()}
     rec: dict = {}
     x, y = _t(x), _t(y)
     loss = ops.mul(ops.mse_loss(net(x, th, record=rec), y), float(x.shape[0]))

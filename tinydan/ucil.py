@@ -56,9 +56,10 @@ the shipped phenotype):
 net0 has the lowest final loss of the four, its CI apart from all three (from the plain 464k-weight
 autoencoder's by 0.0004; over 50 draws 0.0226 +- 0.0006 against 0.0244 +- 0.0005: see the README
 for other seeds and for how this config was reached).
-The result depends on phi_0: most draws pass too little signal through the network at theta_0 for SGD on the synapses to learn (seed 1's
-own phi_0 never left the plateau: validation 0.071, MNIST 0.082), so `small` meta-trains the best
-of 4 phi_0 candidates on Omniglot screening sequences (``screen_phi0``; seed 0 keeps its own).
+The result depends on phi_0: most draws pass too little signal through the network at theta_0
+for SGD on the synapses to learn (seed 1's own phi_0 never left the plateau: validation 0.071,
+MNIST 0.082), so `small` meta-trains the best of 4 phi_0 candidates on Omniglot screening
+sequences (``screen_phi0``; seed 0 keeps its own).
 With it seeds 1 and 2 learn (MNIST 0.0296 and 0.0224, below their random DANs); against the
 464k-weight autoencoder (0.0251, 0.0235) seed 1 loses and seed 2's CI overlaps. Runs are sensitive
 to float rounding: before the meta-step was made faster (same meta-gradients up to rounding) seed 2
@@ -170,9 +171,9 @@ class UCILConfig:
     # Omniglot's thin strokes. 0: the SPEC's preprocessing.
     thick_strokes: float = 0.0
     # phi_0 candidates: 1 = the seed's phi_0. K > 1: the seed's phi_0 and K - 1 more drawn from
-    # (seed, PHI0_STREAM, k); meta-training starts from the one whose deployment (the protocol at inner_lr, phi
-    # fixed) ends with the lowest final MSE on SCREEN_SEQUENCES sequences of Omniglot meta-training
-    # characters (``screen_phi0``). theta_0 is the seed's either way.
+    # (seed, PHI0_STREAM, k); meta-training starts from the one whose deployment (the protocol at
+    # inner_lr, phi fixed) ends with the lowest final MSE on SCREEN_SEQUENCES sequences of Omniglot
+    # meta-training characters (``screen_phi0``). theta_0 is the seed's either way.
     phi_candidates: int = 1
 
     def __post_init__(self):

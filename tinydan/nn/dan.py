@@ -164,9 +164,10 @@ class ConvDAN(Module):
         # banded strips (no im2col copies, no col2im) although most of its entries are zeros
         self.dense_max = self.DENSE_MAX if dense_max is None else int(dense_max)
         # (the selection matrix that builds it has c_out*c_in*k*k rows of that size: bounded too)
-        self.dense = [s_in * s_in * c_in * (s_in - k + 1) ** 2 * c_out <= self.dense_max
-                      and s_in * s_in * c_in * (s_in - k + 1) ** 2 * c_out * c_out * c_in * k * k
-                      <= self.SELECTION_MAX for c_in, c_out, k, s_in in self.conv_shapes]
+        entries = [s_in * s_in * c_in * (s_in - k + 1) ** 2 * c_out
+                   for c_in, c_out, k, s_in in self.conv_shapes]
+        self.dense = [e <= self.dense_max and e * c_out * c_in * k * k <= self.SELECTION_MAX
+                      for e, (c_in, c_out, k, _) in zip(entries, self.conv_shapes)]
         # neurons per chunk of checkpoint_rows: measured best near 1,000-2,000 for C = 100 and
         # 4,000 for C = 36 (intermediates of a few MB: the cache, and few Python-level ops)
         self.chunk = int(chunk) if chunk is not None else max(64, (1 << 17) // self.n_channels)

@@ -468,8 +468,10 @@ class CheckpointRows(Op):
         x, *params = ctx.inputs
         need_x, *need_p = ctx.needs_input_grad
         n = x.shape[0]
-        if kept is not None and not is_grad_enabled():
-            return _kept_backward(kept, g.data, chunk, threads, need_x, need_p, x)
+        if kept is not None and not is_grad_enabled():        # the forward's graphs, as they are
+            ps, graphs = kept
+            return _chunk_gradients(graphs.__getitem__, len(graphs), g.data, chunk, threads, x,
+                                    need_x, ps, need_p, create_graph=False)
         if is_grad_enabled():
             # create_graph: recompute with recording on, so the gradient has a graph of its own
             gx_parts, gp = [], [None] * len(params)
@@ -491,44 +493,35 @@ class CheckpointRows(Op):
         # plain backward: recompute one chunk at a time on fresh leaves, keep only the gradients.
         # Recording stays switched on throughout (create_graph=True inside), so that chunks may run
         # on several threads without one switching it off under another's feet.
-        gx = np.empty(x.shape, x.dtype) if need_x else None
         ps = [Tensor(p.data, requires_grad=nd) for p, nd in zip(params, need_p)]
-        wanted_p = [p for p, nd in zip(ps, need_p) if nd]
 
-        def job(i):
-            xc = Tensor(x.data[i:i + chunk], requires_grad=need_x)
-            out = fn(xc, ps)
-            grads = grad(out, ([xc] if need_x else []) + wanted_p, wrap(g.data[i:i + chunk]),
-                         create_graph=True, allow_unused=True)
-            grads = [None if gi is None else gi.data for gi in grads]
-            if need_x:
-                gxc = grads.pop(0)
-                gx[i:i + chunk] = 0 if gxc is None else gxc
-            return grads
+        def recompute(k):
+            xc = Tensor(x.data[k * chunk:(k + 1) * chunk], requires_grad=need_x)
+            return xc, fn(xc, ps)
 
         with enable_grad():
-            parts = _map_chunks(job, range(0, n, chunk), threads)
-        return (None if gx is None else wrap(gx), *_sum_parts(parts, params, need_p))
+            return _chunk_gradients(recompute, -(-n // chunk), g.data, chunk, threads, x, need_x, ps,
+                                    need_p, create_graph=True)
 
 
-def _kept_backward(kept, g, chunk, threads, need_x, need_p, x):
-    """CheckpointRows' plain backward from the graphs its forward kept: no recomputation."""
-    ps, graphs = kept
-    wanted_p = [p for p, nd in zip(ps, need_p) if nd]
+def _chunk_gradients(graph, n_chunks, g, chunk, threads, x, need_x, ps, need_p, create_graph):
+    """CheckpointRows' plain backward, chunk by chunk: ``graph(k)`` gives chunk k's (x leaf,
+    output), kept by the forward or recomputed; only the gradients are kept (as plain arrays)."""
     gx = np.empty(x.shape, x.dtype) if need_x else None
+    wanted_p = [p for p, nd in zip(ps, need_p) if nd]
 
     def job(k):
-        xc, out = graphs[k]
         i = k * chunk
+        xc, out = graph(k)
         grads = grad(out, ([xc] if need_x else []) + wanted_p, wrap(g[i:i + chunk]),
-                     allow_unused=True)
+                     create_graph=create_graph, allow_unused=True)
         grads = [None if gi is None else gi.data for gi in grads]
         if need_x:
             gxc = grads.pop(0)
             gx[i:i + chunk] = 0 if gxc is None else gxc
         return grads
 
-    parts = _map_chunks(job, range(len(graphs)), threads)
+    parts = _map_chunks(job, range(n_chunks), threads)
     return (None if gx is None else wrap(gx), *_sum_parts(parts, ps, need_p))
 
 
@@ -556,8 +549,9 @@ def checkpoint_rows(fn, x: Tensor, params, chunk: int, threads: int = 1, keep: b
     Without ``keep`` the forward stores only x and the params; the backward recomputes each chunk
     and backpropagates through it (gradient checkpointing), so memory stays at one chunk's
     intermediates and the arrays stay small enough for the cache. With create_graph the
-    recomputation is recorded, so gradients of gradients work as for the plain composition. ``threads`` > 1 runs the chunks of
-    the forward and of the plain backward on that many threads (give BLAS one thread each).
+    recomputation is recorded, so gradients of gradients work as for the plain composition.
+    ``threads`` > 1 runs the chunks of the forward and of the plain backward on that many threads
+    (give BLAS one thread each).
     ``keep``: when recording, keep every chunk's intermediates instead (memory for time: a plain
     backward then recomputes nothing; with create_graph it still recomputes).
     """
