@@ -202,3 +202,66 @@ def test_in_place_sgd_step_copies_read_only_synapses():
     for k in theta:
         assert np.array_equal(ro[k], theta[k]) and got[k].data is not ro[k]
         assert not np.allclose(got[k].data, theta[k])
+
+
+@pytest.mark.parametrize("meta_grad", ["first_order", "one_step"])
+@pytest.mark.parametrize("processes", [2, 3])
+def test_population_split_across_processes_is_the_same_meta_step(meta_grad, processes):
+    """PopulationSplit: each process runs meta_step on its own members (the workers keep theirs
+    between steps); the combined phi gradient and losses are the whole population's, step after
+    step, in float64 to rounding."""
+    from tinydan.meta import PopulationSplit, _as_leaves
+    net, theta, xt, yt, xm, ym = _setup(M=3)
+    split = PopulationSplit(net, 3, processes)
+    try:
+        assert [b.stop - b.start for b in split.blocks] == ([2, 1] if processes == 2 else [1, 1, 1])
+        mine, whole = split.reset(theta), _as_leaves(theta, copy=True)
+        for step in range(3):                              # the workers' synapses carry on
+            a, b = xt + 0.1 * step, xm - 0.1 * step
+            got = split.meta_step(net, mine, a, np.sin(3 * a), b, np.cos(2 * b), 0.3, meta_grad,
+                                  in_place=True)
+            want = meta_step(net, whole, a, np.sin(3 * a), b, np.cos(2 * b), 0.3, meta_grad,
+                             in_place=True)
+            mine, whole = got[0], want[0]
+            for k in theta:                                # this process's members' synapses
+                np.testing.assert_allclose(mine[k].data, whole[k].data[split.blocks[0]], rtol=1e-12)
+            for g, w in zip(got[1], want[1]):
+                assert (g is None) == (w is None)
+                if g is not None:
+                    np.testing.assert_allclose(g, w.data, rtol=1e-10, atol=1e-14)
+            assert np.isclose(got[2], want[2], rtol=1e-12) and np.isclose(got[3], want[3], rtol=1e-12)
+    finally:
+        split.close()
+    assert split.workers == []
+
+
+def test_trainer_with_processes_trains_as_one_process_and_reports_a_dead_worker():
+    cfg = regression_config("tiny", population=3)
+    one, two = new_trainer(cfg, 5), new_trainer(cfg, 5)
+    two.processes = 2
+    for _ in range(2):
+        ra, rb = one.run_epoch(), two.run_epoch()
+        assert np.isclose(ra["meta_loss"], rb["meta_loss"], rtol=1e-4)
+    for p, q in zip(one.net.parameters(), two.net.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-4, atol=1e-6)
+    procs = [proc for proc, _ in two._split.workers]
+    assert procs and all(p.is_alive() for p in procs)
+    procs[0].kill()
+    procs[0].join()
+    with pytest.raises(RuntimeError, match="worker process has stopped.*resume"):
+        two.run_epoch()
+    two.close()
+    assert not any(p.is_alive() for p in procs)
+
+
+def test_bad_process_counts_are_refused():
+    cfg = regression_config("tiny")
+    with pytest.raises(ValueError, match="processes must be >= 1"):
+        MetaTrainer(**{**_trainer_args(cfg), "processes": 0})
+    with pytest.raises(ValueError, match="meta_updates 1"):
+        MetaTrainer(**{**_trainer_args(cfg), "processes": 2, "meta_updates": 2})
+
+
+def _trainer_args(cfg):
+    t = new_trainer(cfg, 0)
+    return dict(net=t.net, theta0=t.theta0, sample=t.sample, inner_lr=t.inner_lr, meta_lr=t.meta_lr)

@@ -39,3 +39,14 @@ def test_set_blas_threads_sets_the_loaded_openblas():
     if not libs:
         pytest.skip("no OpenBLAS loaded in this process (NumPy built against another BLAS)")
     assert all(n == 1 for _, n in _openblas_threads_ctypes())
+
+
+def _niceness():
+    import os
+    return os.nice(0)
+
+
+def test_nice_workers_run_at_lower_priority():
+    import os
+    with Workers(1, nice=5) as w:
+        assert w.submit(_niceness).result() == os.nice(0) + 5

@@ -8,7 +8,7 @@ import pytest
 
 import tinydan as td
 from tinydan import ucil
-from tinydan.checkpoint import CheckpointError
+from tinydan.checkpoint import CheckpointError, load_checkpoint
 from tinydan.meta import meta_step
 from tinydan.nn.dan import ConvDAN
 from tinydan.nn.module import functional_call
@@ -560,3 +560,31 @@ def test_bench_hook_flop_model():
     assert vec_only < f < 5 * vec_only
     assert ucil.meta_step_flops(cfg.replace(meta_batch=10)) < f
     assert vec_only < ucil.meta_step_flops(cfg, as_executed=False) < f
+
+
+def test_validation_in_parts_and_meta_training_across_processes(tmp_path, data):
+    """validate(part=...) weighted over the parts is the whole validation (the last validation of a
+    run is split between this process and the pool); meta-training with the population split
+    across 2 processes trains phi as 1 process does (up to rounding) and records the number."""
+    cfg = ucil.ucil_config("tiny")
+    net, theta0 = ucil.initial_state(cfg, 0, population=1)
+    whole = ucil.validate(net, theta0, cfg, data)
+    parts = ucil._validation_parts(cfg, 2)
+    assert len(parts) == 2 and sum(w for _, w in parts) == pytest.approx(1.0)
+    split = sum(w * ucil.validate(net, theta0, cfg, data, part=p) for p, w in parts)
+    assert split == pytest.approx(whole, rel=1e-5)
+    assert len(ucil._validation_parts(cfg.replace(val_sequences=1), 2)) == 1
+
+    runs = {n: ucil.meta_train(cfg.replace(meta_epochs=1), 0, tmp_path / str(n), quiet=True,
+                               workers=1, data=data, log=lambda *a: None, processes=n)
+            for n in (1, 2)}
+    assert [runs[n].meta["processes"] for n in (1, 2)] == [1, 2]
+    for (k, a), (_, b) in zip(runs[1].net.state_dict().items(), runs[2].net.state_dict().items()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=k)
+    for (e1, v1), (e2, v2) in zip(runs[1].meta["val_history"], runs[2].meta["val_history"]):
+        assert e1 == e2 and v1 == pytest.approx(v2, rel=1e-4)
+    # the last validation (split in two) is the validation of the last phi
+    arrays, _ = load_checkpoint(tmp_path / "1" / "checkpoint.npz")
+    net.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("phi.")})
+    assert runs[1].meta["val_history"][-1] == (1, pytest.approx(ucil.validate(net, theta0, cfg, data),
+                                                                rel=1e-5))

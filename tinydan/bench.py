@@ -917,6 +917,40 @@ def ucil_meta_step() -> Case:
                       "convs, recomputed DAN forward, a gradient array per synapse tensor")
 
 
+@register("ucil_meta_step_2proc", target=1.0)
+def ucil_meta_step_2proc() -> Case:
+    """UCIL `small` meta-step (M = 3, first_order, fast paths): members split over 2 processes
+    (``PopulationSplit``, what ``python -m tinydan.ucil`` runs on 2 cores) vs one process."""
+    from .meta import PopulationSplit, meta_step
+    from .ucil import initial_state, ucil_config
+    cfg = ucil_config("small")
+    net, theta0 = initial_state(cfg, 0)
+    r = _rng(6)
+    M, D = cfg.population, cfg.nodes[0]
+    x = r.random((M, cfg.shots, D)).astype(np.float32)                    # the inner batch
+    xm = r.random((M, cfg.meta_batch, D)).astype(np.float32)              # the meta-batch
+    names = sorted(theta0)
+    split = PopulationSplit(net, M, 2)          # a daemon worker: it ends with this process
+    mine = {"theta": split.reset(theta0)}
+    ref = {"theta": {k: Tensor(np.array(theta0[k]), requires_grad=True) for k in names}}
+    rows = split.blocks[0]
+
+    def two():
+        mine["theta"], gphi, lt, lm = split.meta_step(net, mine["theta"], x, x, xm, xm,
+                                                      cfg.inner_lr, "first_order", in_place=True)
+        return (lm, lt, *gphi, *[mine["theta"][k].data for k in names])
+
+    def one():
+        ref["theta"], gphi, lt, lm = meta_step(net, ref["theta"], x, x, xm, xm, cfg.inner_lr,
+                                               "first_order", in_place=True)
+        return (lm, lt, *gphi, *[ref["theta"][k].data[rows] for k in names])
+
+    return Case(two, one, reference_name="one process", rtol=1e-3, atol=1e-4,
+                notes="wall time of the step; this process runs members 0-1, a worker member 2 "
+                      "(its core is left half idle for the validation jobs); phi gradient combined "
+                      "as the member-weighted mean")
+
+
 # ---------------------------------------------------------------------------- CLI
 def _parse_args(argv):
     p = argparse.ArgumentParser(

@@ -24,6 +24,7 @@ meta-batch at the same theta_{t+1}.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
@@ -36,7 +37,7 @@ from .optim import Adam, SGD
 from .tensor import Tensor, wrap
 
 __all__ = ["META_GRADS", "task_loss", "inner_step", "meta_step", "MetaTrainer", "TaskSequence",
-           "deploy_step", "sgd_step_", "meta_gradient", "SynapseAdam"]
+           "deploy_step", "sgd_step_", "meta_gradient", "SynapseAdam", "PopulationSplit"]
 
 META_GRADS = ("first_order", "one_step")
 
@@ -256,6 +257,9 @@ class MetaTrainer:
     # first_order with SGD on a DANNetwork: the inner step updates the synapses in place
     # (``sgd_step_``; theta is copied from theta_0 at each meta-epoch)
     in_place: bool = False
+    # split the members across this many processes (plain SGD, meta_updates 1): this one and
+    # processes - 1 workers (``PopulationSplit``)
+    processes: int = 1
 
     def __post_init__(self):
         if self.meta_grad not in META_GRADS:
@@ -273,12 +277,23 @@ class MetaTrainer:
                              "inner_optimizer 'adam' use 'first_order'")
         if int(self.meta_updates) < 1:
             raise ValueError(f"meta_updates must be >= 1, got {self.meta_updates}")
+        if int(self.processes) < 1:
+            raise ValueError(f"processes must be >= 1, got {self.processes}")
+        if int(self.processes) > 1 and (self.inner_optimizer != "sgd" or self.meta_updates != 1):
+            raise ValueError("processes > 1 splits the plain step (inner_optimizer 'sgd', "
+                             f"meta_updates 1); got inner_optimizer {self.inner_optimizer!r}, "
+                             f"meta_updates {self.meta_updates}: use processes=1")
+        self._split = None
 
     def run_epoch(self, progress=None) -> dict:
         """One meta-epoch: reset theta to theta_0, a new task sequence per member, then for every
         inner step a meta step (Algorithm 1, lines 5-19). Returns the epoch's mean losses."""
         seq = self.sample(self.rng)
-        theta = _as_leaves(self.theta0, copy=self.in_place)
+        split = self.start() if int(self.processes) > 1 else None
+        if split is not None:
+            theta = split.reset(self.theta0)
+        else:
+            theta = _as_leaves(self.theta0, copy=self.in_place)
         task_losses, meta_losses = [], []
         general = self.inner_optimizer != "sgd" or self.meta_updates != 1
         adam = SynapseAdam(self.inner_lr) if self.inner_optimizer == "adam" else None
@@ -287,8 +302,9 @@ class MetaTrainer:
                 theta, lt, lm = self._general_step(seq, theta, x, y, adam)
             else:
                 xm, ym = seq.meta_batch(self.rng)
-                theta, gphi, lt, lm = meta_step(self.net, theta, x, y, xm, ym, self.inner_lr,
-                                                self.meta_grad, self.phi, in_place=self.in_place)
+                step = meta_step if split is None else split.meta_step
+                theta, gphi, lt, lm = step(self.net, theta, x, y, xm, ym, self.inner_lr,
+                                           self.meta_grad, self.phi, in_place=self.in_place)
                 self.optimizer.step(gphi)
             task_losses.append(lt)
             meta_losses.append(lm)
@@ -323,6 +339,25 @@ class MetaTrainer:
             first = lm if first is None else first
         return theta1, lt, first
 
+    def start(self) -> "PopulationSplit | None":
+        """Start the worker processes of ``processes`` > 1 now (``run_epoch`` starts them if not):
+        before any thread of the caller's, since they are forked on Linux. Returns the split."""
+        if int(self.processes) > 1 and self._split is None:
+            M = len(next(iter(self.theta0.values())))
+            try:
+                self._split = PopulationSplit(self.net, M, int(self.processes))
+            except (AssertionError, OSError, RuntimeError) as e:   # e.g. inside a daemon worker
+                warnings.warn(f"could not start population worker processes ({e!r}); "
+                              "running the whole population in this process", RuntimeWarning)
+                self.processes = 1
+        return self._split
+
+    def close(self) -> None:
+        """Stop the worker processes (if any); a later ``run_epoch`` starts new ones."""
+        if self._split is not None:
+            self._split.close()
+            self._split = None
+
     # ---------------------------------------------------------------- checkpoint support
     def state_arrays(self) -> dict[str, np.ndarray]:
         """phi, the meta-optimizer state and theta_0 as named arrays."""
@@ -345,6 +380,129 @@ class MetaTrainer:
         self.epoch = int(meta["epoch"])
         self.history = {k: list(v) for k, v in meta["history"].items()}
         self.rng.bit_generator.state = meta["rng_state"]
+
+
+class PopulationSplit:
+    """The population's members split across processes: this one and ``processes - 1`` workers.
+
+    Members are independent until their meta-gradients are averaged, so each process runs
+    ``meta_step`` on its own members (contiguous blocks, the largest here) and the population mean
+    is the member-weighted mean of the processes' means:
+
+        grad_phi (1/M) sum_m L_meta,m = sum_p (M_p / M) * grad_phi (1/M_p) sum_{m in p} L_meta,m
+
+    Each step sends phi and the members' batches to the workers (a few kB), runs this process's
+    share meanwhile, then combines. The workers keep their members' synapses between steps;
+    ``reset`` sends them theta_0 at each meta-epoch. Same maths as one process; float rounding
+    differs (the phi gradient is summed in another order), so a run is reproducible for a given
+    number of processes. With M = 3 on 2 processes this one does 2 members and the worker 1, so
+    the worker's core has room for a validation job beside it.
+    """
+
+    def __init__(self, net, population: int, processes: int):
+        from .parallel import start_process
+        processes = max(1, min(int(processes), int(population)))
+        bounds = np.linspace(0, population, processes + 1).round().astype(int)
+        sizes = sorted((int(b - a) for a, b in zip(bounds[:-1], bounds[1:])), reverse=True)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.blocks = [slice(int(a), int(a + n)) for a, n in zip(starts, sizes)]
+        self.population = int(population)
+        self.workers = [start_process(_member_loop, net) for _ in self.blocks[1:]]
+
+    def reset(self, theta0: dict) -> dict:
+        """theta_0 to every worker (its members' rows); returns this process's rows as new leaves."""
+        for (_, conn), sl in zip(self.workers, self.blocks[1:]):
+            self._send(conn, ("reset", {k: np.asarray(v)[sl] for k, v in theta0.items()}))
+        return _as_leaves({k: np.asarray(v)[self.blocks[0]] for k, v in theta0.items()}, copy=True)
+
+    def meta_step(self, net, theta, x_task, y_task, x_meta, y_meta, inner_lr, meta_grad="first_order",
+                  phi=None, in_place=False):
+        """``meta_step`` for the whole population; ``theta`` and the returned theta_{t+1} are this
+        process's members only."""
+        phi = net.parameters() if phi is None else phi
+        phi_arrays = [p.data for p in phi]
+        for (_, conn), sl in zip(self.workers, self.blocks[1:]):
+            self._send(conn, ("step", phi_arrays, x_task[sl], y_task[sl], x_meta[sl], y_meta[sl],
+                              inner_lr, meta_grad, in_place))
+        sl = self.blocks[0]
+        theta1, gphi, lt, lm = meta_step(net, theta, x_task[sl], y_task[sl], x_meta[sl], y_meta[sl],
+                                         inner_lr, meta_grad, phi, in_place=in_place)
+        parts = [([None if g is None else g.data for g in gphi], lt, lm)]
+        parts += [self._recv(conn) for _, conn in self.workers]
+        w = [(b.stop - b.start) / self.population for b in self.blocks]
+        grads = []
+        for i in range(len(phi)):
+            gs = [(wk, part[0][i]) for wk, part in zip(w, parts) if part[0][i] is not None]
+            grads.append(None if not gs else sum(wk * g for wk, g in gs).astype(phi[i].dtype))
+        return (theta1, grads, float(sum(wk * p[1] for wk, p in zip(w, parts))),
+                float(sum(wk * p[2] for wk, p in zip(w, parts))))
+
+    def _send(self, conn, msg):
+        try:
+            conn.send(msg)
+        except (BrokenPipeError, EOFError, OSError) as e:
+            self.close()
+            raise RuntimeError(f"a population worker process has stopped ({e}); resume the run "
+                               "from its checkpoint, or run with one process") from None
+
+    def _recv(self, conn):
+        try:
+            out = conn.recv()
+        except (EOFError, OSError) as e:
+            self.close()
+            raise RuntimeError(f"a population worker process has stopped ({e!r}); resume the run "
+                               "from its checkpoint, or run with one process") from None
+        if out[0] == "error":
+            self.close()
+            raise RuntimeError(f"a population worker process failed:\n{out[1]}")
+        return out[1:]
+
+    def close(self) -> None:
+        """Stop the workers."""
+        for proc, conn in self.workers:
+            try:
+                conn.send(("stop",))
+            except (BrokenPipeError, EOFError, OSError):
+                pass
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+            conn.close()
+        self.workers = []
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _member_loop(conn, net) -> None:
+    """A ``PopulationSplit`` worker: keeps its members' synapses, runs ``meta_step`` on request."""
+    import traceback
+    from .parallel import set_blas_threads
+    set_blas_threads(1)
+    phi, theta = net.parameters(), None
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):              # the parent has gone
+            return
+        try:
+            if msg[0] == "stop":
+                return
+            if msg[0] == "reset":
+                theta = _as_leaves(msg[1], copy=True)
+                continue
+            _, phi_arrays, x, y, xm, ym, lr, meta_grad, in_place = msg
+            for p, a in zip(phi, phi_arrays):
+                p.data = a
+            theta, gphi, lt, lm = meta_step(net, theta, x, y, xm, ym, lr, meta_grad, phi,
+                                            in_place=in_place)
+            conn.send(("ok", [None if g is None else g.data for g in gphi], lt, lm))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+            return
 
 
 def _jsonable(obj):

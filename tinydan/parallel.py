@@ -18,7 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-__all__ = ["Workers", "usable_cores", "set_blas_threads", "blas_threads"]
+__all__ = ["Workers", "usable_cores", "set_blas_threads", "blas_threads", "start_process"]
 
 
 def usable_cores() -> int:
@@ -29,22 +29,30 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _init_worker():
+def _init_worker(nice: int = 0):
     # one BLAS thread per process: the point is to use the cores with processes, not threads
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    if nice:
+        try:
+            os.nice(int(nice))
+        except (AttributeError, OSError):  # pragma: no cover - not POSIX
+            pass
 
 
 class Workers:
-    """A process pool of ``n`` workers (default: cores - 1), or inline execution when n == 0."""
+    """A process pool of ``n`` workers (default: cores - 1), or inline execution when n == 0.
 
-    def __init__(self, n: int | None = None):
+    ``nice`` > 0 lowers the workers' priority: their jobs fill what the caller's processes leave
+    of the cores instead of taking turns with them (validation beside a split meta-step)."""
+
+    def __init__(self, n: int | None = None, nice: int = 0):
         self.n = max(0, usable_cores() - 1) if n is None else int(n)
         self._pool = None
         if self.n > 0:
             method = "fork" if sys.platform.startswith("linux") else "spawn"
             self._pool = ProcessPoolExecutor(self.n, mp_context=get_context(method),
-                                             initializer=_init_worker)
+                                             initializer=_init_worker, initargs=(int(nice),))
 
     def submit(self, fn, *args, **kwargs) -> Future:
         """Run fn(*args, **kwargs) in a worker (or now, inline) and return a Future."""
@@ -127,3 +135,18 @@ def set_blas_threads(n: int) -> list[str]:
             fn(int(n))
             done.append(name)
     return done
+
+
+def start_process(target, *args):
+    """Start ``target(conn, *args)`` in a new process; returns (process, this end of the pipe).
+
+    For workers that keep state between requests (``MetaTrainer(processes=2)``): forked on Linux
+    (``args`` are inherited, not pickled), spawned elsewhere (``target`` must be a module-level
+    function and ``args`` picklable). The process is a daemon: it dies with its parent.
+    """
+    ctx = get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    here, there = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(there, *args), daemon=True)
+    proc.start()
+    there.close()
+    return proc, here

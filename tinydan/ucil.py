@@ -91,6 +91,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -508,12 +509,20 @@ def _command(argv=None) -> str:
     return " ".join(["python -m tinydan.ucil"] + [shlex.quote(str(a)) for a in argv])
 
 
-def new_trainer(cfg: UCILConfig, seed: int, data: UCILData, candidate: int = 0) -> MetaTrainer:
+def new_trainer(cfg: UCILConfig, seed: int, data: UCILData, candidate: int = 0,
+                processes: int = 1) -> MetaTrainer:
     """Network, theta_0 (both from the seed; phi_0 candidate ``candidate``) and a MetaTrainer on
-    Omniglot's training characters."""
+    Omniglot's training characters (members split across ``processes`` processes)."""
     net, theta0 = initial_state(cfg, seed, candidate=candidate)
     return MetaTrainer(net, theta0, _sampler(cfg, data), cfg.inner_lr, cfg.meta_lr, cfg.meta_grad,
-                       cfg.meta_optimizer, seed=seed, in_place=True)
+                       cfg.meta_optimizer, seed=seed, in_place=True, processes=processes)
+
+
+def default_processes(cfg: UCILConfig) -> int:
+    """Processes that share a meta-step's population: 2 with a second core (M = 3: 2 members
+    here, 1 in a worker whose core also runs the validation jobs), else 1."""
+    from .parallel import usable_cores
+    return max(1, min(2, usable_cores(), cfg.population))
 
 
 _DATA_CACHE: dict = {}
@@ -532,23 +541,45 @@ def validation_sequences(cfg: UCILConfig, data: UCILData) -> np.ndarray:
                               np.random.default_rng(VAL_SEED))
 
 
-def validate(net, theta0: dict, cfg: UCILConfig, data: UCILData) -> float:
+def validate(net, theta0: dict, cfg: UCILConfig, data: UCILData, part=None) -> float:
     """Mean final MSE (all classes after the last one) on the validation sequences, deployed with
     the deployment protocol (cfg.deploy_steps steps per class, phi fixed) at the meta-training rate
     cfg.inner_lr: it picks the best meta-epoch; with cfg.tune_deploy_lr the deployment rate is
-    chosen afterwards, for that epoch's phi (``deploy_lr``)."""
+    chosen afterwards, for that epoch's phi (``deploy_lr``). ``part`` (i, n): the mean over the
+    i-th of n near-equal blocks of the sequences only (``_validation_parts``)."""
     seqs = validation_sequences(cfg, data)
+    if part is not None:
+        seqs = np.array_split(seqs, part[1])[part[0]]
     return float(deploy(net, theta0, seqs, cfg.deploy_steps, cfg.inner_lr)["R"][:, -1].mean())
 
 
-def _validate_job(cfg_dict: dict, phi: dict, seed: int) -> float:
+def _validation_parts(cfg: UCILConfig, n: int) -> list:
+    """[(part, weight)]: validate(part=...) of each, weighted, sums to the whole mean."""
+    sizes = [len(b) for b in np.array_split(np.arange(cfg.val_sequences), n)]
+    return [((i, n), k / cfg.val_sequences) for i, k in enumerate(sizes) if k]
+
+
+def _validate_job(cfg_dict: dict, phi: dict, seed: int, part=None) -> float:
     """validate() for a phi snapshot, runnable in a worker process (theta_0 regenerated)."""
     from .parallel import set_blas_threads
     set_blas_threads(1)
     cfg = UCILConfig.from_dict(cfg_dict)
     net, theta0 = initial_state(cfg, seed, population=1)
     net.load_state_dict(phi)
-    return validate(net, theta0, cfg, _cached_data(cfg, mnist=False))
+    return validate(net, theta0, cfg, _cached_data(cfg, mnist=False), part=part)
+
+
+class _WeightedSum:
+    """sum_i w_i * result_i of futures, with a future's ``done``/``result``."""
+
+    def __init__(self, parts):
+        self.parts = parts                                     # [(weight, future)]
+
+    def done(self) -> bool:
+        return all(f.done() for _, f in self.parts)
+
+    def result(self) -> float:
+        return float(sum(w * f.result() for w, f in self.parts))
 
 
 _progress = progress                                              # tinydan.cli
@@ -641,15 +672,17 @@ def _check_newer_fields(ckpt: Path, cfg: UCILConfig, meta: dict) -> None:
 
 def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
                quiet: bool = False, log=print, workers: int | None = None,
-               data: UCILData | None = None, argv=None) -> Phenotype:
+               data: UCILData | None = None, argv=None, processes: int | None = None) -> Phenotype:
     """Algorithm 1 for cfg.meta_epochs meta-epochs on Omniglot, validating phi every cfg.val_every.
 
     A tqdm bar shows the meta-loss per meta-step. Validation (deploying a phi snapshot on held-out
     Omniglot characters) runs in a worker process while meta-training goes on when the machine has
     a second core. After each validation ``OUT/checkpoint.npz`` (phi, Adam's state, the generator,
     the history, the best phi so far; theta_0 is regenerated from the seed) is written atomically;
-    with ``resume`` training continues from it exactly. Returns the phenotype with the best
-    validation phi.
+    with ``resume`` training continues from it exactly (with as many ``processes`` as before:
+    another number gives the same maths, rounded differently). ``processes``: the population's
+    members are split across this many processes (default ``default_processes``). Returns the
+    phenotype with the best validation phi.
     """
     from .parallel import Workers
     out_dir = Path(out_dir)
@@ -666,7 +699,8 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
             + ", ".join(f"{v:.4f}" for v in scores) + ")")
     # (on --resume the checkpoint's phi replaces this phi_0 below; theta_0 is the same for every
     # candidate, so the fingerprint check holds either way)
-    trainer = new_trainer(cfg, seed, data, candidate=screen["phi0_candidate"])
+    processes = default_processes(cfg) if processes is None else int(processes)
+    trainer = new_trainer(cfg, seed, data, candidate=screen["phi0_candidate"], processes=processes)
     fingerprint = _theta_fingerprint(trainer.theta0)
     val_hist: list = []
     best = {"val": float("inf"), "epoch": 0, "phi": trainer.net.state_dict()}
@@ -700,7 +734,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
         for epoch, phi, _ in pending:                     # so that a resumed run validates them
             arrays.update({f"pending.{epoch}.phi.{k}": v for k, v in phi.items()})
         meta = {"kind": KIND, "config": cfg.to_dict(), "seed": seed, "command": _command(argv),
-                "theta0_crc32": fingerprint, **screen,
+                "theta0_crc32": fingerprint, **screen, "processes": trainer.processes,
                 "val_history": val_hist, "best_val": best["val"], "best_epoch": best["epoch"],
                 "pending_epochs": [e for e, _, _ in pending],
                 "meta_train_seconds": elapsed0 + time.perf_counter() - t0}
@@ -731,18 +765,32 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
                                 val=f"{val_hist[-1][1]:.4f}" if val_hist else "-", refresh=False)
 
     pending: list = []
-    with Workers(workers) as pool:
+    trainer.start()               # fork the population's workers before the pool has threads
+    # validation jobs run niced: with a split population they fill the worker's idle core time
+    # instead of slowing the meta-steps
+    with Workers(workers, nice=10) as pool:
         def submit(epoch, phi):
-            pending.append((epoch, phi, pool.submit(_validate_job, cfg.to_dict(), phi, seed)))
+            if epoch < cfg.meta_epochs or pool.n == 0 or cfg.val_sequences < 2:
+                pending.append((epoch, phi, pool.submit(_validate_job, cfg.to_dict(), phi, seed)))
+                return
+            # the last one: nothing else to do here, so this process deploys half the sequences
+            (far, w_far), (near, w_near) = _validation_parts(cfg, 2)[::-1]
+            fut = pool.submit(_validate_job, cfg.to_dict(), phi, seed, far)
+            here = Future()
+            here.set_result(_validate_job(cfg.to_dict(), phi, seed, near))
+            pending.append((epoch, phi, _WeightedSum([(w_near, here), (w_far, fut)])))
         if trainer.epoch == 0 and not val_hist:                        # phi_0, for reference
             submit(0, trainer.net.state_dict())
         for epoch, phi in resubmit:
             submit(epoch, phi)
-        while trainer.epoch < cfg.meta_epochs:
-            trainer.run_epoch(progress=on_step)
-            if trainer.epoch % cfg.val_every == 0 or trainer.epoch == cfg.meta_epochs:
-                submit(trainer.epoch, trainer.net.state_dict())
-            collect(wait=len(pending) > 1)                           # never fall far behind
+        try:
+            while trainer.epoch < cfg.meta_epochs:
+                trainer.run_epoch(progress=on_step)
+                if trainer.epoch % cfg.val_every == 0 or trainer.epoch == cfg.meta_epochs:
+                    submit(trainer.epoch, trainer.net.state_dict())
+                collect(wait=len(pending) > 1)                       # never fall far behind
+        finally:
+            trainer.close()
         collect(wait=True)
     if bar is not None:
         bar.close()
@@ -750,7 +798,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     meta = {"kind": KIND, "config": cfg.to_dict(), "seed": seed, "best_val": best["val"],
             "best_epoch": best["epoch"],
             "val_history": val_hist, "history": trainer.history, "theta0_crc32": fingerprint,
-            **screen,
+            **screen, "processes": trainer.processes,
             "meta_train_seconds": elapsed0 + time.perf_counter() - t0, "checkpoint": str(ckpt),
             "command": _command(argv)}
     theta0 = {k: np.asarray(v)[:1] for k, v in trainer.theta0.items()}
@@ -1375,6 +1423,10 @@ def build_parser() -> argparse.ArgumentParser:
                             help="draw K phi_0 candidates and meta-train the one that learns "
                                  "Omniglot screening sequences best (default from the config: "
                                  f"{UCIL_CONFIGS['small'].phi_candidates} for small; 1: the seed's phi_0)")
+            sp.add_argument("--processes", type=_positive_int, metavar="N",
+                            help="processes that share each meta-step's population members (default: "
+                                 "2 on a machine with a second core, else 1); the same maths, "
+                                 "rounded differently, so a run is reproduced with the same N")
             sp.add_argument("--resume", action="store_true",
                             help="continue from OUT/checkpoint.npz (needs --out)")
 
@@ -1456,7 +1508,8 @@ def main(argv=None) -> int:
               f"lr {cfg.meta_lr}, {cfg.meta_epochs} meta-epochs of {cfg.n_classes} classes x "
               f"{cfg.inner_steps} steps; writing to {out}")
         t = time.perf_counter()
-        ph = meta_train(cfg, a.seed, out, resume=a.resume, quiet=a.quiet, argv=typed)
+        ph = meta_train(cfg, a.seed, out, resume=a.resume, quiet=a.quiet, argv=typed,
+                        processes=a.processes)
         print(f"meta-training done in {ph.meta['meta_train_seconds']:.0f} s; best validation MSE "
               f"{ph.meta['best_val']:.4f} at meta-epoch {ph.meta['best_epoch']}")
         save_phenotype(ph, out / "phenotype.npz")
