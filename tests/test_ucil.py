@@ -588,3 +588,52 @@ def test_validation_in_parts_and_meta_training_across_processes(tmp_path, data):
     net.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("phi.")})
     assert runs[1].meta["val_history"][-1] == (1, pytest.approx(ucil.validate(net, theta0, cfg, data),
                                                                 rel=1e-5))
+
+
+def test_validation_queue_feeds_the_pool_one_part_at_a_time_and_shares_the_rest(monkeypatch):
+    """_ValidationQueue: one part in the pool at a time while meta-training runs; unfinished
+    snapshots are reported (the checkpoint stores them); finish() runs queued parts here and
+    the pool's part there, and every snapshot's score is the weighted sum of its halves."""
+    calls = []
+
+    def fake_job(cfg_dict, phi, seed, part):
+        calls.append((phi["v"], part))
+        return phi["v"] + part[0]                              # the two halves score differently
+
+    class LazyFuture:
+        def __init__(self, fn, args):
+            self.fn, self.args, self.ready, self.where = fn, args, False, "pool"
+
+        def done(self):
+            return self.ready
+
+        def result(self):
+            return self.fn(*self.args)
+
+    class FakePool:
+        n = 1
+
+        def __init__(self):
+            self.futs = []
+
+        def submit(self, fn, *args):
+            self.futs.append(LazyFuture(fn, args))
+            return self.futs[-1]
+
+    monkeypatch.setattr(ucil, "_validate_job", fake_job)
+    pool, results = FakePool(), []
+    q = ucil._ValidationQueue(pool, ucil.ucil_config("tiny", val_sequences=4), 0,
+                              lambda e, v, phi: results.append((e, v, phi["v"])))
+    q.submit(0, {"v": 1.0})
+    q.submit(2, {"v": 2.0})
+    assert len(pool.futs) == 1 and len(q.queue) == 3           # one part in the pool at a time
+    assert [e for e, _ in q.pending()] == [0, 2]
+    q.pump()
+    assert len(pool.futs) == 1                                 # still running: nothing new
+    pool.futs[0].ready = True
+    q.pump()
+    assert len(pool.futs) == 2 and len(q.queue) == 2 and results == []
+    q.finish()
+    assert sorted(results) == [(0, 1.5, 1.0), (2, 2.5, 2.0)]  # 0.5 (v + 0) + 0.5 (v + 1)
+    assert q.pending() == [] and q.queue == [] and q.running is None
+    assert len(calls) == 4 and len(pool.futs) < 4              # some parts ran here, not in the pool

@@ -91,7 +91,6 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
-from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -569,17 +568,67 @@ def _validate_job(cfg_dict: dict, phi: dict, seed: int, part=None) -> float:
     return validate(net, theta0, cfg, _cached_data(cfg, mnist=False), part=part)
 
 
-class _WeightedSum:
-    """sum_i w_i * result_i of futures, with a future's ``done``/``result``."""
+class _ValidationQueue:
+    """The validations of meta_train: each phi snapshot's, in parts (``_validation_parts``, two
+    halves of the sequences), run in the pool one part at a time while meta-training goes on
+    (``pump`` after every step), so work not yet started stays here; ``finish`` then shares what is
+    left between this process and the pool. The parts of a snapshot are always the same, so its
+    score does not depend on who ran them. ``on_result(epoch, score, phi)`` when a score is complete.
+    """
 
-    def __init__(self, parts):
-        self.parts = parts                                     # [(weight, future)]
+    def __init__(self, pool, cfg: UCILConfig, seed: int, on_result):
+        self.pool, self.cfg_dict, self.seed, self.on_result = pool, cfg.to_dict(), seed, on_result
+        self.parts = _validation_parts(cfg, 2)
+        self.queue: list = []                       # [(epoch, part, weight)] not started
+        self.running = None                         # (epoch, weight, future) in the pool
+        self.phi: dict = {}                         # epoch -> phi, until its score is complete
+        self.left: dict = {}                        # epoch -> parts not done
+        self.score: dict = {}                       # epoch -> weighted sum so far
 
-    def done(self) -> bool:
-        return all(f.done() for _, f in self.parts)
+    def submit(self, epoch: int, phi: dict) -> None:
+        self.phi[epoch], self.left[epoch], self.score[epoch] = phi, len(self.parts), 0.0
+        self.queue += [(epoch, part, w) for part, w in self.parts]
+        self.pump()
 
-    def result(self) -> float:
-        return float(sum(w * f.result() for w, f in self.parts))
+    def pending(self) -> list:
+        """[(epoch, phi)] of the snapshots whose score is not complete."""
+        return sorted(self.phi.items(), key=lambda kv: kv[0])
+
+    def _done(self, epoch, w, value) -> None:
+        self.score[epoch] += w * value
+        self.left[epoch] -= 1
+        if self.left[epoch] == 0:
+            self.on_result(epoch, self.score.pop(epoch), self.phi.pop(epoch))
+            del self.left[epoch]
+
+    def _job(self, epoch, part):
+        return (_validate_job, self.cfg_dict, self.phi[epoch], self.seed, part)
+
+    def pump(self, wait: bool = False) -> None:
+        """Collect the pool's finished part (or wait for it) and give it the next one."""
+        while True:
+            if self.running is not None and (wait or self.running[2].done()):
+                epoch, w, fut = self.running
+                self.running = None
+                self._done(epoch, w, fut.result())
+            if self.running is not None or not self.queue:
+                return
+            epoch, part, w = self.queue.pop(0)
+            fn, *args = self._job(epoch, part)
+            self.running = (epoch, w, self.pool.submit(fn, *args))
+            wait = False
+
+    def finish(self) -> None:
+        """No meta-steps left: this process takes parts from the back of the queue, the pool from
+        the front, until every score is complete."""
+        while self.queue or self.running is not None:
+            self.pump()
+            if self.queue:
+                epoch, part, w = self.queue.pop()
+                fn, *args = self._job(epoch, part)
+                self._done(epoch, w, fn(*args))
+            else:
+                self.pump(wait=True)
 
 
 _progress = progress                                              # tinydan.cli
@@ -731,25 +780,23 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     def save():
         arrays = {k: v for k, v in trainer.state_arrays().items() if not k.startswith("theta0.")}
         arrays.update({f"best.phi.{k}": v for k, v in best["phi"].items()})
-        for epoch, phi, _ in pending:                     # so that a resumed run validates them
+        pending = [] if validations is None else validations.pending()
+        for epoch, phi in pending:                        # so that a resumed run validates them
             arrays.update({f"pending.{epoch}.phi.{k}": v for k, v in phi.items()})
         meta = {"kind": KIND, "config": cfg.to_dict(), "seed": seed, "command": _command(argv),
                 "theta0_crc32": fingerprint, **screen, "processes": trainer.processes,
                 "val_history": val_hist, "best_val": best["val"], "best_epoch": best["epoch"],
-                "pending_epochs": [e for e, _, _ in pending],
+                "pending_epochs": [e for e, _ in pending],
                 "meta_train_seconds": elapsed0 + time.perf_counter() - t0}
         meta.update(trainer.state_meta())
         save_checkpoint(ckpt, arrays, meta)
 
-    def collect(wait):
+    def on_result(epoch, v, phi):
         nonlocal best
-        while pending and (wait or pending[0][2].done()):
-            epoch, phi, fut = pending.pop(0)
-            v = fut.result()
-            val_hist.append((epoch, v))
-            if v < best["val"]:
-                best = {"val": v, "epoch": epoch, "phi": phi}
-        save()
+        val_hist.append((epoch, v))
+        val_hist.sort(key=lambda ev: ev[0])
+        if v < best["val"] or (v == best["val"] and epoch < best["epoch"]):
+            best = {"val": v, "epoch": epoch, "phi": phi}
 
     steps_per_epoch = cfg.n_classes * cfg.inner_steps
     bar = _progress(cfg.meta_epochs * steps_per_epoch, f"meta-training {cfg.name} ({cfg.meta_grad})",
@@ -758,40 +805,34 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
 
     def on_step(meta_loss):
         state["n"] += 1
+        validations.pump()
         if bar is not None:
             bar.update(1)
             if state["n"] % 10 == 0:
                 bar.set_postfix(meta_loss=f"{meta_loss:.4f}",
                                 val=f"{val_hist[-1][1]:.4f}" if val_hist else "-", refresh=False)
 
-    pending: list = []
+    validations = None
     trainer.start()               # fork the population's workers before the pool has threads
-    # validation jobs run niced: with a split population they fill the worker's idle core time
-    # instead of slowing the meta-steps
+    # validation jobs run niced: with a split population they fill what the meta-step leaves of
+    # the worker's core instead of slowing the meta-steps; what they leave undone is shared out
+    # at the end (``_ValidationQueue.finish``)
     with Workers(workers, nice=10) as pool:
-        def submit(epoch, phi):
-            if epoch < cfg.meta_epochs or pool.n == 0 or cfg.val_sequences < 2:
-                pending.append((epoch, phi, pool.submit(_validate_job, cfg.to_dict(), phi, seed)))
-                return
-            # the last one: nothing else to do here, so this process deploys half the sequences
-            (far, w_far), (near, w_near) = _validation_parts(cfg, 2)[::-1]
-            fut = pool.submit(_validate_job, cfg.to_dict(), phi, seed, far)
-            here = Future()
-            here.set_result(_validate_job(cfg.to_dict(), phi, seed, near))
-            pending.append((epoch, phi, _WeightedSum([(w_near, here), (w_far, fut)])))
+        validations = _ValidationQueue(pool, cfg, seed, on_result)
         if trainer.epoch == 0 and not val_hist:                        # phi_0, for reference
-            submit(0, trainer.net.state_dict())
+            validations.submit(0, trainer.net.state_dict())
         for epoch, phi in resubmit:
-            submit(epoch, phi)
+            validations.submit(epoch, phi)
         try:
             while trainer.epoch < cfg.meta_epochs:
                 trainer.run_epoch(progress=on_step)
                 if trainer.epoch % cfg.val_every == 0 or trainer.epoch == cfg.meta_epochs:
-                    submit(trainer.epoch, trainer.net.state_dict())
-                collect(wait=len(pending) > 1)                       # never fall far behind
+                    validations.submit(trainer.epoch, trainer.net.state_dict())
+                save()
         finally:
             trainer.close()
-        collect(wait=True)
+        validations.finish()
+        save()
     if bar is not None:
         bar.close()
     trainer.net.load_state_dict(best["phi"])
