@@ -579,6 +579,8 @@ def test_validation_in_parts_and_meta_training_across_processes(tmp_path, data):
                                workers=1, data=data, log=lambda *a: None, processes=n)
             for n in (1, 2)}
     assert [runs[n].meta["processes"] for n in (1, 2)] == [1, 2]
+    saved = ucil.load_phenotype(ucil.save_phenotype(runs[2], tmp_path / "p2.npz"))
+    assert saved.meta["processes"] == 2                       # how to reproduce it
     for (k, a), (_, b) in zip(runs[1].net.state_dict().items(), runs[2].net.state_dict().items()):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=k)
     for (e1, v1), (e2, v2) in zip(runs[1].meta["val_history"], runs[2].meta["val_history"]):

@@ -1,7 +1,7 @@
 """Unsupervised class-incremental learning, UCIL (paper 3.2, 4.2, 6.2): meta-train DANs on Omniglot,
 deploy them on MNIST, compare.
 
-    python -m tinydan.ucil                       # meta-train `small` (~7 min), deploy, compare (~7)
+    python -m tinydan.ucil                       # meta-train `small` (~5 min), deploy, compare (~6)
     python -m tinydan.ucil meta-train --config small --meta-grad one_step --out runs/os
     python -m tinydan.ucil meta-train --out runs/os --resume --epochs 20   # continue a run
     python -m tinydan.ucil deploy                # the shipped phenotype, net0 alone (5 draws)
@@ -42,20 +42,19 @@ model's deployment learning rate (net0's, the random DANs', the plain autoencode
 the Omniglot validation sequences by one rule (``choose_lr``). `paper` is the SPEC's 28x28 model
 with 38.6M synapses.
 
-Measured (``python -m tinydan.ucil --out runs/ucil-default-3``, seed 0, 20 MNIST draws, 95%
-t-intervals; 13 min 57 s wall on the idle 2-core machine, 6.5 min of it meta-training; recorded in
+Measured (``python -m tinydan.ucil --out runs/ucil-default-5``, seed 0, 20 MNIST draws, 95%
+t-intervals; 11 min 18 s wall on the idle 2-core machine, 4.5 min of it meta-training; recorded in
 the shipped phenotype):
 
-    final MSE over all 10 digits         net0 0.0226 +- 0.0009   (meta-learned DANs, epoch 4, lr 1.0)
+    final MSE over all 10 digits         net0 0.0218 +- 0.0011   (meta-learned DANs, epoch 4, lr 1.0)
                                          random DANs 0.0465 +- 0.0017   (phi_0, lr 3.0)
                                          plain AE 196-512-256-512-196 0.0245 +- 0.0006  (464k weights, lr 0.3)
                                          plain AE 196-120-100-120-196 0.0315 +- 0.0009  (the DAN net's nodes)
     forgetting                           net0 0.021, random 0.035, plain AE 0.021, same-nodes AE 0.028
-    MSE on digits not yet seen (net0)    0.090 +- 0.001 before learning, 0.044 +- 0.003 before the 9s
+    MSE on digits not yet seen (net0)    0.088 +- 0.002 before learning, 0.043 +- 0.004 before the 9s
 
 net0 has the lowest final loss of the four, its CI apart from all three (from the plain 464k-weight
-autoencoder's by 0.0004; over 50 draws 0.0226 +- 0.0006 against 0.0244 +- 0.0005: see the README
-for other seeds and for how this config was reached).
+autoencoder's by 0.0010; see the README for other seeds and for how this config was reached).
 The result depends on phi_0: most draws pass too little signal through the network at theta_0
 for SGD on the synapses to learn (seed 1's own phi_0 never left the plateau: validation 0.071,
 MNIST 0.082), so `small` meta-trains the best of 4 phi_0 candidates on Omniglot screening
@@ -76,7 +75,9 @@ banded zeros and recomputation included), 9% by the useful count (43.5 GFLOP).
 
 Config `small`'s meta-step (``python -m tinydan.bench --only ucil_meta_step``): 0.64-0.78x the
 same step on the generic paths (banded convolutions, recomputed DAN forward, out-of-place inner
-SGD), about 0.15 s on one core, so a meta-epoch of 600 steps takes about 90 s.
+SGD), about 0.15 s on one core; with the population's members split over two processes
+(``meta.PopulationSplit``, the default on 2 cores, ``--processes``; ``ucil_meta_step_2proc``:
+0.59x one process) about 0.10 s, so a meta-epoch of 600 steps takes about a minute.
 """
 from __future__ import annotations
 
@@ -854,7 +855,7 @@ def save_phenotype(ph: Phenotype, path, results: dict | None = None) -> Path:
             **{k: ph.meta[k] for k in ("best_val", "best_epoch", "val_history", "history",
                                        "theta0_crc32", "meta_train_seconds", "command",
                                        "deploy_lr", "deploy_lr_scores", "phi0_candidate",
-                                       "phi0_screen", "phi0_screen_seconds")
+                                       "phi0_screen", "phi0_screen_seconds", "processes")
                if k in ph.meta}}
     if results is not None:
         meta["results"] = {
