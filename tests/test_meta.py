@@ -1,4 +1,6 @@
 """Algorithm 1: the one-step meta-gradient, population averaging, determinism, resume."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -250,8 +252,71 @@ def test_trainer_with_processes_trains_as_one_process_and_reports_a_dead_worker(
     procs[0].join()
     with pytest.raises(RuntimeError, match="worker process has stopped.*resume"):
         two.run_epoch()
-    two.close()
     assert not any(p.is_alive() for p in procs)
+    # the next meta-epoch starts new workers (theta_0 is sent at each meta-epoch): nothing silently
+    # runs with a member missing
+    out = two.run_epoch()
+    assert np.isfinite(out["meta_loss"]) and all(p.is_alive() for p, _ in two._split.workers)
+    assert two._split.workers and two._split.workers[0][0] not in procs
+    two.close()
+
+
+def test_an_interrupted_split_step_closes_the_split(monkeypatch):
+    """If this process's share fails after the workers were sent theirs, their replies are never
+    read: the split closes (and says so next time) instead of answering a later step with them."""
+    import tinydan.meta as meta
+    from tinydan.meta import PopulationSplit
+    net, theta, xt, yt, xm, ym = _setup(M=3)
+    split = PopulationSplit(net, 3, 2)
+    mine = split.reset(theta)
+    procs = [p for p, _ in split.workers]
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(meta, "meta_step", interrupted)     # this process only: the worker has forked
+    with pytest.raises(KeyboardInterrupt):
+        split.meta_step(net, mine, xt, yt, xm, ym, 0.3)
+    monkeypatch.undo()
+    assert split.closed and not any(p.is_alive() for p in procs)
+    with pytest.raises(RuntimeError, match="closed"):
+        split.meta_step(net, mine, xt, yt, xm, ym, 0.3)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_population_worker_stops_when_its_parent_is_killed(tmp_path):
+    """A killed parent sends no "stop": the worker notices that its parent is gone and exits."""
+    import os
+    import signal
+    import subprocess
+    import time
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import time, numpy as np\n"
+        "from tinydan.meta import PopulationSplit\n"
+        "from tinydan.models import build_regression_net, regression_config\n"
+        "net = build_regression_net(regression_config('tiny'), np.random.default_rng(0))\n"
+        "split = PopulationSplit(net, 2, 2)\n"
+        "print(split.workers[0][0].pid, flush=True)\n"
+        "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        for _ in range(100):                                # up to 10 s
+            try:                                            # gone, or a zombie nobody reaps
+                with open(f"/proc/{child}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in "ZX":
+                        break
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the worker outlived its killed parent")
+    finally:
+        if parent.poll() is None:
+            parent.kill()
 
 
 def test_bad_process_counts_are_refused():

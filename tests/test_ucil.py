@@ -590,6 +590,10 @@ def test_validation_in_parts_and_meta_training_across_processes(tmp_path, data):
     net.load_state_dict({k[4:]: v for k, v in arrays.items() if k.startswith("phi.")})
     assert runs[1].meta["val_history"][-1] == (1, pytest.approx(ucil.validate(net, theta0, cfg, data),
                                                                 rel=1e-5))
+    # a resumed run keeps the number of processes it was made with (here 1, the default is 2)
+    more = ucil.meta_train(cfg.replace(meta_epochs=2), 0, tmp_path / "1", resume=True, quiet=True,
+                           workers=0, data=data, log=lambda *a: None)
+    assert more.meta["processes"] == 1
 
 
 def test_validation_queue_feeds_the_pool_one_part_at_a_time_and_shares_the_rest(monkeypatch):
@@ -622,9 +626,16 @@ def test_validation_queue_feeds_the_pool_one_part_at_a_time_and_shares_the_rest(
             self.futs.append(LazyFuture(fn, args))
             return self.futs[-1]
 
+    here = []
+
+    def fake_here(*args):
+        here.append(args[-1])
+        return fake_job(*args)
+
     monkeypatch.setattr(ucil, "_validate_job", fake_job)
+    monkeypatch.setattr(ucil, "_validate_snapshot", fake_here)   # the parts run in this process
     pool, results = FakePool(), []
-    q = ucil._ValidationQueue(pool, ucil.ucil_config("tiny", val_sequences=4), 0,
+    q = ucil._ValidationQueue(pool, ucil.ucil_config("tiny", val_sequences=3), 0,
                               lambda e, v, phi: results.append((e, v, phi["v"])))
     q.submit(0, {"v": 1.0})
     q.submit(2, {"v": 2.0})
@@ -636,6 +647,8 @@ def test_validation_queue_feeds_the_pool_one_part_at_a_time_and_shares_the_rest(
     q.pump()
     assert len(pool.futs) == 2 and len(q.queue) == 2 and results == []
     q.finish()
-    assert sorted(results) == [(0, 1.5, 1.0), (2, 2.5, 2.0)]  # 0.5 (v + 0) + 0.5 (v + 1)
+    # 3 sequences: halves of 2 and 1, weights 2/3 and 1/3: 2/3 (v + 0) + 1/3 (v + 1)
+    assert [(e, round(v, 12), p) for e, v, p in sorted(results)] == [(0, round(4 / 3, 12), 1.0),
+                                                                     (2, round(7 / 3, 12), 2.0)]
     assert q.pending() == [] and q.queue == [] and q.running is None
-    assert len(calls) == 4 and len(pool.futs) < 4              # some parts ran here, not in the pool
+    assert len(calls) == 4 and len(pool.futs) + len(here) == 4 and here   # some ran here

@@ -342,6 +342,8 @@ class MetaTrainer:
     def start(self) -> "PopulationSplit | None":
         """Start the worker processes of ``processes`` > 1 now (``run_epoch`` starts them if not):
         before any thread of the caller's, since they are forked on Linux. Returns the split."""
+        if self._split is not None and self._split.closed:   # a worker stopped: start afresh
+            self._split = None
         if int(self.processes) > 1 and self._split is None:
             M = len(next(iter(self.theta0.values())))
             try:
@@ -350,6 +352,8 @@ class MetaTrainer:
                 warnings.warn(f"could not start population worker processes ({e!r}); "
                               "running the whole population in this process", RuntimeWarning)
                 self.processes = 1
+                return None
+            self.processes = self._split.processes  # at most one per member
         return self._split
 
     def close(self) -> None:
@@ -407,7 +411,15 @@ class PopulationSplit:
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         self.blocks = [slice(int(a), int(a + n)) for a, n in zip(starts, sizes)]
         self.population = int(population)
-        self.workers = [start_process(_member_loop, net) for _ in self.blocks[1:]]
+        self.processes = len(self.blocks)          # what runs: at most one per member
+        self.workers: list = []
+        self.closed = False
+        try:
+            for _ in self.blocks[1:]:
+                self.workers.append(start_process(_member_loop, net))
+        except BaseException:
+            self.close()
+            raise
 
     def reset(self, theta0: dict) -> dict:
         """theta_0 to every worker (its members' rows); returns this process's rows as new leaves."""
@@ -419,16 +431,24 @@ class PopulationSplit:
                   phi=None, in_place=False):
         """``meta_step`` for the whole population; ``theta`` and the returned theta_{t+1} are this
         process's members only."""
+        if self.closed:
+            raise RuntimeError("this PopulationSplit is closed (a worker stopped, or close() was "
+                               "called); start a new one (MetaTrainer.start() does)")
         phi = net.parameters() if phi is None else phi
         phi_arrays = [p.data for p in phi]
-        for (_, conn), sl in zip(self.workers, self.blocks[1:]):
-            self._send(conn, ("step", phi_arrays, x_task[sl], y_task[sl], x_meta[sl], y_meta[sl],
-                              inner_lr, meta_grad, in_place))
-        sl = self.blocks[0]
-        theta1, gphi, lt, lm = meta_step(net, theta, x_task[sl], y_task[sl], x_meta[sl], y_meta[sl],
-                                         inner_lr, meta_grad, phi, in_place=in_place)
-        parts = [([None if g is None else g.data for g in gphi], lt, lm)]
-        parts += [self._recv(conn) for _, conn in self.workers]
+        try:
+            for (_, conn), sl in zip(self.workers, self.blocks[1:]):
+                self._send(conn, ("step", phi_arrays, x_task[sl], y_task[sl], x_meta[sl],
+                                  y_meta[sl], inner_lr, meta_grad, in_place))
+            sl = self.blocks[0]
+            theta1, gphi, lt, lm = meta_step(net, theta, x_task[sl], y_task[sl], x_meta[sl],
+                                             y_meta[sl], inner_lr, meta_grad, phi, in_place=in_place)
+            parts = [([None if g is None else g.data for g in gphi], lt, lm)]
+            parts += [self._recv(conn) for _, conn in self.workers]
+        except BaseException:       # replies left unread would answer the next step: stop here
+            self.close()
+            raise
+        assert len(parts) == len(self.blocks)
         w = [(b.stop - b.start) / self.population for b in self.blocks]
         grads = []
         for i in range(len(phi)):
@@ -458,7 +478,8 @@ class PopulationSplit:
         return out[1:]
 
     def close(self) -> None:
-        """Stop the workers."""
+        """Stop the workers; the split cannot be used afterwards."""
+        self.closed = True
         for proc, conn in self.workers:
             try:
                 conn.send(("stop",))
@@ -480,11 +501,13 @@ class PopulationSplit:
 def _member_loop(conn, net) -> None:
     """A ``PopulationSplit`` worker: keeps its members' synapses, runs ``meta_step`` on request."""
     import traceback
-    from .parallel import set_blas_threads
+    from .parallel import parent_gone, set_blas_threads
     set_blas_threads(1)
     phi, theta = net.parameters(), None
     while True:
         try:
+            if parent_gone(conn):                # killed: nobody will send "stop"
+                return
             msg = conn.recv()
         except (EOFError, OSError):              # the parent has gone
             return
@@ -501,7 +524,10 @@ def _member_loop(conn, net) -> None:
                                             in_place=in_place)
             conn.send(("ok", [None if g is None else g.data for g in gphi], lt, lm))
         except Exception:
-            conn.send(("error", traceback.format_exc()))
+            try:
+                conn.send(("error", traceback.format_exc()))
+            except OSError:                      # the parent has gone
+                pass
             return
 
 

@@ -18,7 +18,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-__all__ = ["Workers", "usable_cores", "set_blas_threads", "blas_threads", "start_process"]
+__all__ = ["Workers", "usable_cores", "set_blas_threads", "blas_threads", "start_process",
+           "parent_gone"]
 
 
 def usable_cores() -> int:
@@ -142,11 +143,33 @@ def start_process(target, *args):
 
     For workers that keep state between requests (``MetaTrainer(processes=2)``): forked on Linux
     (``args`` are inherited, not pickled), spawned elsewhere (``target`` must be a module-level
-    function and ``args`` picklable). The process is a daemon: it dies with its parent.
+    function and ``args`` picklable). The process is a daemon (stopped when this one exits
+    normally); ``target`` should also stop when ``parent_gone(conn)`` says so, which covers a
+    parent that was killed. In the child, SIGINT is ignored: Ctrl-C stops the parent, which
+    stops its workers.
     """
-    ctx = get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    fork = sys.platform.startswith("linux")
+    ctx = get_context("fork" if fork else "spawn")
     here, there = ctx.Pipe()
-    proc = ctx.Process(target=target, args=(there, *args), daemon=True)
+    proc = ctx.Process(target=_child, args=(target, there, here if fork else None, *args),
+                       daemon=True)
     proc.start()
     there.close()
     return proc, here
+
+
+def _child(target, conn, parent_end, *args):
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_end is not None:          # forked: the parent's end of the pipe came along; drop it
+        parent_end.close()
+    target(conn, *args)
+
+
+def parent_gone(conn, timeout: float | None = None) -> bool:
+    """Wait until ``conn`` has a message (False) or this process's parent has exited (True)."""
+    import multiprocessing
+    from multiprocessing.connection import wait
+    parent = multiprocessing.parent_process()
+    ready = wait([conn] + ([parent.sentinel] if parent is not None else []), timeout)
+    return conn not in ready and bool(ready)

@@ -560,9 +560,14 @@ def _validation_parts(cfg: UCILConfig, n: int) -> list:
 
 
 def _validate_job(cfg_dict: dict, phi: dict, seed: int, part=None) -> float:
-    """validate() for a phi snapshot, runnable in a worker process (theta_0 regenerated)."""
+    """validate() for a phi snapshot in a worker process (one BLAS thread; theta_0 regenerated)."""
     from .parallel import set_blas_threads
     set_blas_threads(1)
+    return _validate_snapshot(cfg_dict, phi, seed, part)
+
+
+def _validate_snapshot(cfg_dict: dict, phi: dict, seed: int, part=None) -> float:
+    """validate() for a phi snapshot (theta_0 regenerated from the seed)."""
     cfg = UCILConfig.from_dict(cfg_dict)
     net, theta0 = initial_state(cfg, seed, population=1)
     net.load_state_dict(phi)
@@ -581,13 +586,12 @@ class _ValidationQueue:
         self.pool, self.cfg_dict, self.seed, self.on_result = pool, cfg.to_dict(), seed, on_result
         self.parts = _validation_parts(cfg, 2)
         self.queue: list = []                       # [(epoch, part, weight)] not started
-        self.running = None                         # (epoch, weight, future) in the pool
+        self.running = None                         # (epoch, part, future) in the pool
         self.phi: dict = {}                         # epoch -> phi, until its score is complete
-        self.left: dict = {}                        # epoch -> parts not done
-        self.score: dict = {}                       # epoch -> weighted sum so far
+        self.values: dict = {}                      # epoch -> {part: value} of the parts done
 
     def submit(self, epoch: int, phi: dict) -> None:
-        self.phi[epoch], self.left[epoch], self.score[epoch] = phi, len(self.parts), 0.0
+        self.phi[epoch], self.values[epoch] = phi, {}
         self.queue += [(epoch, part, w) for part, w in self.parts]
         self.pump()
 
@@ -595,28 +599,27 @@ class _ValidationQueue:
         """[(epoch, phi)] of the snapshots whose score is not complete."""
         return sorted(self.phi.items(), key=lambda kv: kv[0])
 
-    def _done(self, epoch, w, value) -> None:
-        self.score[epoch] += w * value
-        self.left[epoch] -= 1
-        if self.left[epoch] == 0:
-            self.on_result(epoch, self.score.pop(epoch), self.phi.pop(epoch))
-            del self.left[epoch]
+    def _done(self, epoch, part, value) -> None:
+        self.values[epoch][part] = value
+        if len(self.values[epoch]) == len(self.parts):    # summed in part order, not finishing order
+            values = self.values.pop(epoch)
+            score = sum(w * values[p] for p, w in self.parts)
+            self.on_result(epoch, float(score), self.phi.pop(epoch))
 
-    def _job(self, epoch, part):
-        return (_validate_job, self.cfg_dict, self.phi[epoch], self.seed, part)
+    def _args(self, epoch, part):
+        return (self.cfg_dict, self.phi[epoch], self.seed, part)
 
     def pump(self, wait: bool = False) -> None:
         """Collect the pool's finished part (or wait for it) and give it the next one."""
         while True:
             if self.running is not None and (wait or self.running[2].done()):
-                epoch, w, fut = self.running
+                epoch, part, fut = self.running
                 self.running = None
-                self._done(epoch, w, fut.result())
+                self._done(epoch, part, fut.result())
             if self.running is not None or not self.queue:
                 return
-            epoch, part, w = self.queue.pop(0)
-            fn, *args = self._job(epoch, part)
-            self.running = (epoch, w, self.pool.submit(fn, *args))
+            epoch, part, _ = self.queue.pop(0)
+            self.running = (epoch, part, self.pool.submit(_validate_job, *self._args(epoch, part)))
             wait = False
 
     def finish(self) -> None:
@@ -625,9 +628,8 @@ class _ValidationQueue:
         while self.queue or self.running is not None:
             self.pump()
             if self.queue:
-                epoch, part, w = self.queue.pop()
-                fn, *args = self._job(epoch, part)
-                self._done(epoch, w, fn(*args))
+                epoch, part, _ = self.queue.pop()
+                self._done(epoch, part, _validate_snapshot(*self._args(epoch, part)))
             else:
                 self.pump(wait=True)
 
@@ -749,6 +751,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
             + ", ".join(f"{v:.4f}" for v in scores) + ")")
     # (on --resume the checkpoint's phi replaces this phi_0 below; theta_0 is the same for every
     # candidate, so the fingerprint check holds either way)
+    processes_asked = processes
     processes = default_processes(cfg) if processes is None else int(processes)
     trainer = new_trainer(cfg, seed, data, candidate=screen["phi0_candidate"], processes=processes)
     fingerprint = _theta_fingerprint(trainer.theta0)
@@ -769,6 +772,12 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
                 "phi": {k[9:]: v for k, v in arrays.items() if k.startswith("best.phi.")}}
         elapsed0 = float(meta.get("meta_train_seconds", 0.0))
         screen = {k: meta.get(k, v) for k, v in screen.items()}
+        recorded = int(meta.get("processes", 1))
+        if processes_asked is None:                  # continue as the run was made
+            trainer.processes = recorded
+        elif int(processes_asked) != recorded:
+            log(f"note: the run was made with {recorded} process(es), resuming with "
+                f"{processes_asked}: the same maths, rounded differently")
         for epoch in meta.get("pending_epochs", []):              # validations still running then
             pre = f"pending.{epoch}.phi."
             resubmit.append((epoch, {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}))
@@ -800,6 +809,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
             best = {"val": v, "epoch": epoch, "phi": phi}
 
     steps_per_epoch = cfg.n_classes * cfg.inner_steps
+    trainer.start()         # fork the population's workers before the bar and the pool have threads
     bar = _progress(cfg.meta_epochs * steps_per_epoch, f"meta-training {cfg.name} ({cfg.meta_grad})",
                     quiet, trainer.epoch * steps_per_epoch, unit="step")
     state = {"n": 0}
@@ -814,7 +824,6 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
                                 val=f"{val_hist[-1][1]:.4f}" if val_hist else "-", refresh=False)
 
     validations = None
-    trainer.start()               # fork the population's workers before the pool has threads
     # validation jobs run niced: with a split population they fill what the meta-step leaves of
     # the worker's core instead of slowing the meta-steps; what they leave undone is shared out
     # at the end (``_ValidationQueue.finish``)
