@@ -731,9 +731,9 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     Omniglot characters) runs in a worker process while meta-training goes on when the machine has
     a second core. After each validation ``OUT/checkpoint.npz`` (phi, Adam's state, the generator,
     the history, the best phi so far; theta_0 is regenerated from the seed) is written atomically;
-    with ``resume`` training continues from it exactly (with as many ``processes`` as before:
-    another number gives the same maths, rounded differently). ``processes``: the population's
-    members are split across this many processes (default ``default_processes``). Returns the
+    with ``resume`` training continues from it exactly. ``processes``: the population's members
+    are split across this many processes (default ``default_processes``; on ``resume``, the number
+    the run was made with: another number gives the same maths, rounded differently). Returns the
     phenotype with the best validation phi.
     """
     from .parallel import Workers
@@ -1476,8 +1476,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  f"{UCIL_CONFIGS['small'].phi_candidates} for small; 1: the seed's phi_0)")
             sp.add_argument("--processes", type=_positive_int, metavar="N",
                             help="processes that share each meta-step's population members (default: "
-                                 "2 on a machine with a second core, else 1); the same maths, "
-                                 "rounded differently, so a run is reproduced with the same N")
+                                 "2 on a machine with a second core, else 1; --resume: the "
+                                 "run's own); the same maths, rounded differently, so a run is "
+                                 "reproduced with the same N")
             sp.add_argument("--resume", action="store_true",
                             help="continue from OUT/checkpoint.npz (needs --out)")
 
