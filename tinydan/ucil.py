@@ -59,10 +59,10 @@ The result depends on phi_0: most draws pass too little signal through the netwo
 for SGD on the synapses to learn (seed 1's own phi_0 never left the plateau: validation 0.071,
 MNIST 0.082), so `small` meta-trains the best of 4 phi_0 candidates on Omniglot screening
 sequences (``screen_phi0``; seed 0 keeps its own).
-With it seeds 1 and 2 learn (MNIST 0.0296 and 0.0224, below their random DANs); against the
-464k-weight autoencoder (0.0251, 0.0235) seed 1 loses and seed 2's CI overlaps. Runs are sensitive
-to float rounding: before the meta-step was made faster (same meta-gradients up to rounding) seed 2
-ended at 0.0293.
+With it seeds 1 and 2 learn (MNIST 0.0346 and 0.0265, about 0.6 of their random DANs' loss) but
+lose to the 464k-weight autoencoder (0.0251, 0.0235). Runs are sensitive to float rounding: with
+the same meta-gradients up to rounding (the population in one process) seed 2 ended at 0.0224 and
+seed 1 at 0.0296 (README, UCIL).
 Earlier, with 40/20/40 DANs and thin strokes: net0 0.039, plain AE 0.0225; continuing that run
 to 40 meta-epochs did not help (validation plateau from epoch 9).
 
