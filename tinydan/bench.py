@@ -90,6 +90,7 @@ if __name__ == "__main__":           # BEFORE importing NumPy (in this module, a
     _set_blas_threads_or_reexec(sys.argv[1:])
 
 import argparse  # noqa: E402
+import atexit  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -930,7 +931,8 @@ def ucil_meta_step_2proc() -> Case:
     x = r.random((M, cfg.shots, D)).astype(np.float32)                    # the inner batch
     xm = r.random((M, cfg.meta_batch, D)).astype(np.float32)              # the meta-batch
     names = sorted(theta0)
-    split = PopulationSplit(net, M, 2)          # a daemon worker: it ends with this process
+    split = PopulationSplit(net, M, 2)
+    atexit.register(split.close)                # (a daemon worker would stop anyway)
     mine = {"theta": split.reset(theta0)}
     ref = {"theta": {k: Tensor(np.array(theta0[k]), requires_grad=True) for k in names}}
     rows = split.blocks[0]
