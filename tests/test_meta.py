@@ -330,3 +330,31 @@ def test_bad_process_counts_are_refused():
 def _trainer_args(cfg):
     t = new_trainer(cfg, 0)
     return dict(net=t.net, theta0=t.theta0, sample=t.sample, inner_lr=t.inner_lr, meta_lr=t.meta_lr)
+
+
+def test_meta_lr_decays_per_meta_epoch_and_resumes_exactly():
+    """meta_lr_decay d: phi's rate in meta-epoch e is meta_lr * d^e, derived from the epoch count,
+    so a resumed trainer continues with the same rates."""
+    cfg = regression_config("tiny")
+    const, dec = new_trainer(cfg, 4), new_trainer(cfg, 4)
+    dec.meta_lr_decay = 0.5
+    rates = []
+    for _ in range(3):
+        const.run_epoch()
+        dec.run_epoch()
+        rates.append(dec.optimizer.lr)
+    assert rates == [cfg.meta_lr, cfg.meta_lr / 2, cfg.meta_lr / 4] and const.optimizer.lr == cfg.meta_lr
+    assert not all(np.allclose(p.data, q.data) for p, q in zip(const.net.parameters(),
+                                                              dec.net.parameters()))
+    again = new_trainer(cfg, 4)
+    again.meta_lr_decay = 0.5
+    again.run_epoch()
+    resumed = new_trainer(cfg, 4)
+    resumed.meta_lr_decay = 0.5
+    resumed.load_state(again.state_arrays(), again.state_meta())
+    for _ in range(2):
+        resumed.run_epoch()
+    for p, q in zip(dec.net.parameters(), resumed.net.parameters()):
+        assert np.array_equal(p.data, q.data)
+    with pytest.raises(ValueError, match="meta_lr_decay"):
+        MetaTrainer(**{**_trainer_args(cfg), "meta_lr_decay": 0.0})

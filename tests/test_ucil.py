@@ -528,6 +528,8 @@ def test_cli_config_flags():
     assert default == ucil.ucil_config("small") and default.tune_deploy_lr and default.thick_strokes == 0.5
     assert default.phi_candidates == 4
     assert ucil._config_from_args(parse(["meta-train", "--phi-candidates", "1"])).phi_candidates == 1
+    assert ucil._config_from_args(parse(["run", "--meta-lr-decay", "0.5"])).meta_lr_decay == 0.5
+    assert default.meta_lr_decay == 1.0
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -537,7 +539,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "meta-train" in capsys.readouterr().out
     for bad in (["--config", "huge"], ["run", "--epochs", "0"], ["run", "--meta-grad", "second"],
                 ["meta-train", "--inner-lr", "-1"], ["run", "--resume"],
-                ["meta-train", "--thick-strokes", "2"], ["run", "--phi-candidates", "0"]):
+                ["meta-train", "--thick-strokes", "2"], ["run", "--phi-candidates", "0"],
+                ["run", "--meta-lr-decay", "0"]):
         with pytest.raises(SystemExit) as e:
             ucil.main(bad)
         assert e.value.code == 2, bad

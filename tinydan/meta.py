@@ -260,6 +260,8 @@ class MetaTrainer:
     # split the members across this many processes (plain SGD, meta_updates 1): this one and
     # processes - 1 workers (``PopulationSplit``)
     processes: int = 1
+    # phi's learning rate in meta-epoch e (from 0) is meta_lr * meta_lr_decay ** e
+    meta_lr_decay: float = 1.0
 
     def __post_init__(self):
         if self.meta_grad not in META_GRADS:
@@ -277,6 +279,8 @@ class MetaTrainer:
                              "inner_optimizer 'adam' use 'first_order'")
         if int(self.meta_updates) < 1:
             raise ValueError(f"meta_updates must be >= 1, got {self.meta_updates}")
+        if not self.meta_lr_decay > 0:
+            raise ValueError(f"meta_lr_decay must be > 0, got {self.meta_lr_decay}")
         if int(self.processes) < 1:
             raise ValueError(f"processes must be >= 1, got {self.processes}")
         if int(self.processes) > 1 and (self.inner_optimizer != "sgd" or self.meta_updates != 1):
@@ -289,6 +293,7 @@ class MetaTrainer:
         """One meta-epoch: reset theta to theta_0, a new task sequence per member, then for every
         inner step a meta step (Algorithm 1, lines 5-19). Returns the epoch's mean losses."""
         seq = self.sample(self.rng)
+        self.optimizer.lr = self.meta_lr * float(self.meta_lr_decay) ** self.epoch
         split = self.start() if int(self.processes) > 1 else None
         if split is not None:
             theta = split.reset(self.theta0)

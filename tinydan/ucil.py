@@ -154,6 +154,7 @@ class UCILConfig:
     inner_lr: float = 0.01                     # alpha: synapse SGD in meta-training (and deployment
                                                # unless tune_deploy_lr)
     meta_lr: float = 1e-4                      # gamma: phi Adam
+    meta_lr_decay: float = 1.0                 # gamma in meta-epoch e (from 0): meta_lr * decay^e
     meta_optimizer: str = "adam"
     meta_grad: str = "first_order"
     meta_epochs: int = 100
@@ -188,7 +189,7 @@ class UCILConfig:
                              f"got {self.n_channels}")
         if not 0.0 <= self.thick_strokes <= 1.0:
             raise ValueError(f"thick_strokes is a probability in [0, 1], got {self.thick_strokes}")
-        for name in ("inner_lr", "meta_lr"):
+        for name in ("inner_lr", "meta_lr", "meta_lr_decay"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("n_classes", "shots", "inner_steps", "deploy_steps", "meta_batch", "population",
@@ -515,7 +516,8 @@ def new_trainer(cfg: UCILConfig, seed: int, data: UCILData, candidate: int = 0,
     Omniglot's training characters (members split across ``processes`` processes)."""
     net, theta0 = initial_state(cfg, seed, candidate=candidate)
     return MetaTrainer(net, theta0, _sampler(cfg, data), cfg.inner_lr, cfg.meta_lr, cfg.meta_grad,
-                       cfg.meta_optimizer, seed=seed, in_place=True, processes=processes)
+                       cfg.meta_optimizer, seed=seed, in_place=True, processes=processes,
+                       meta_lr_decay=cfg.meta_lr_decay)
 
 
 def default_processes(cfg: UCILConfig) -> int:
@@ -701,7 +703,7 @@ RESUMABLE_FIELDS = ("meta_epochs", "eval_draws", "deploy_group", "tune_deploy_lr
 
 
 # fields added after runs were made, with the value that reproduces those runs
-_NEWER_FIELDS = {"thick_strokes": 0.0, "phi_candidates": 1}
+_NEWER_FIELDS = {"thick_strokes": 0.0, "phi_candidates": 1, "meta_lr_decay": 1.0}
 
 
 def _expect(cfg: UCILConfig, for_resume: bool = False) -> dict:
@@ -1467,6 +1469,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="synapse SGD learning rate in meta-training (and at deployment with "
                                  "--no-tune-deploy-lr); default from the config: 3.0 for small")
             sp.add_argument("--meta-lr", type=_positive_float, help="phi Adam learning rate")
+            sp.add_argument("--meta-lr-decay", type=_positive_float, metavar="F",
+                            help="phi's learning rate is multiplied by F after every meta-epoch "
+                                 "(default from the config: 1, constant)")
             sp.add_argument("--thick-strokes", type=float, metavar="P",
                             help="probability that a meta-training/validation class has thickened "
                                  "strokes (default from the config: 0.5 for small)")
@@ -1504,6 +1509,7 @@ def _config_from_args(a) -> UCILConfig:
     over = {}
     for field_name, arg in (("meta_grad", a.meta_grad), ("meta_epochs", a.epochs),
                             ("inner_lr", a.inner_lr), ("meta_lr", a.meta_lr),
+                            ("meta_lr_decay", a.meta_lr_decay),
                             ("eval_draws", a.draws), ("thick_strokes", a.thick_strokes),
                             ("tune_deploy_lr", a.tune_deploy_lr),
                             ("phi_candidates", getattr(a, "phi_candidates", None))):
