@@ -183,7 +183,7 @@ plt.show()
 # ## 3. Deployment with phi fixed
 #
 # The phenotype to deploy: `python -m tinydan.ucil` meta-trains the `small` config on Omniglot
-# (about 11 minutes with the baselines) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
+# (about 12 minutes with the baselines) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
 # there we load it and print where it came from. If it is not, this cell says so and meta-trains
 # for a few seconds instead (a handful of meta-steps on short Omniglot sequences): that shows the
 # machinery, not a useful phenotype, so expect it to behave like the random DANs.

@@ -2,6 +2,7 @@
 deploy them on MNIST, compare.
 
     python -m tinydan.ucil                       # meta-train `small` (~5 min), deploy, compare (~6)
+    python -m tinydan.ucil --meta-lr-decay 1     # ... with phi's rate constant (the previous default)
     python -m tinydan.ucil meta-train --config small --meta-grad one_step --out runs/os
     python -m tinydan.ucil meta-train --out runs/os --resume --epochs 20   # continue a run
     python -m tinydan.ucil deploy                # the shipped phenotype, net0 alone (5 draws)
@@ -42,27 +43,31 @@ model's deployment learning rate (net0's, the random DANs', the plain autoencode
 the Omniglot validation sequences by one rule (``choose_lr``). `paper` is the SPEC's 28x28 model
 with 38.6M synapses.
 
-Measured (``python -m tinydan.ucil --out runs/ucil-default-5``, seed 0, 20 MNIST draws, 95%
-t-intervals; 11 min 18 s wall on the idle 2-core machine, 4.5 min of it meta-training; recorded in
+Measured (``python -m tinydan.ucil --out runs/ucil-default-6``, seed 0, 20 MNIST draws, 95%
+t-intervals; 11 min 52 s wall on the 2-core machine, 4 min 47 s of it meta-training; recorded in
 the shipped phenotype):
 
-    final MSE over all 10 digits         net0 0.0218 +- 0.0011   (meta-learned DANs, epoch 4, lr 1.0)
+    final MSE over all 10 digits         net0 0.0250 +- 0.0013   (meta-learned DANs, epoch 4, lr 3.0)
                                          random DANs 0.0465 +- 0.0017   (phi_0, lr 3.0)
                                          plain AE 196-512-256-512-196 0.0245 +- 0.0006  (464k weights, lr 0.3)
                                          plain AE 196-120-100-120-196 0.0315 +- 0.0009  (the DAN net's nodes)
-    forgetting                           net0 0.021, random 0.035, plain AE 0.021, same-nodes AE 0.028
-    MSE on digits not yet seen (net0)    0.088 +- 0.002 before learning, 0.043 +- 0.004 before the 9s
+    forgetting                           net0 0.027, random 0.035, plain AE 0.021, same-nodes AE 0.028
+    MSE on digits not yet seen (net0)    0.088 +- 0.001 before learning, 0.043 +- 0.003 before the 9s
 
-net0 has the lowest final loss of the four, its CI apart from all three (from the plain 464k-weight
-autoencoder's by 0.0010; see the README for other seeds and for how this config was reached).
+net0 is far below its random DANs and the autoencoder with its own nodes, and level with the plain
+464k-weight autoencoder (CIs overlap): the issue's result is not met by this default. With phi's
+rate constant (``--meta-lr-decay 1``, the previous default) the same seed gave 0.0218 +- 0.0011
+(50 draws 0.0214 +- 0.0006 against 0.0244 +- 0.0005); the decay was adopted by a rule fixed before
+the runs (lower mean best Omniglot validation over seeds 0-2: 0.0213 against 0.0243), and did
+worse on MNIST for every seed (README, UCIL).
 The result depends on phi_0: most draws pass too little signal through the network at theta_0
 for SGD on the synapses to learn (seed 1's own phi_0 never left the plateau: validation 0.071,
 MNIST 0.082), so `small` meta-trains the best of 4 phi_0 candidates on Omniglot screening
 sequences (``screen_phi0``; seed 0 keeps its own).
-With it seeds 1 and 2 learn (MNIST 0.0346 and 0.0265, about 0.6 of their random DANs' loss) but
-lose to the 464k-weight autoencoder (0.0251, 0.0235). Runs are sensitive to float rounding: with
-the same meta-gradients up to rounding (the population in one process) seed 2 ended at 0.0224 and
-seed 1 at 0.0296 (README, UCIL).
+With it seeds 1 and 2 learn (MNIST 0.0345 and 0.0250 with the decay, 0.0346 and 0.0265 without,
+0.5-0.6 of their random DANs' loss) but lose to the 464k-weight autoencoder (0.0251, 0.0235). Runs
+are sensitive to float rounding: with the same meta-gradients up to rounding (the population in
+one process) seed 2 ended at 0.0224 and seed 1 at 0.0296 (README, UCIL).
 Earlier, with 40/20/40 DANs and thin strokes: net0 0.039, plain AE 0.0225; continuing that run
 to 40 meta-epochs did not help (validation plateau from epoch 9).
 
