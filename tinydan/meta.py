@@ -294,7 +294,7 @@ class MetaTrainer:
         inner step a meta step (Algorithm 1, lines 5-19). Returns the epoch's mean losses."""
         seq = self.sample(self.rng)
         self.optimizer.lr = self.meta_lr * float(self.meta_lr_decay) ** self.epoch
-        split = self.start() if int(self.processes) > 1 else None
+        split = self.start()
         if split is not None:
             theta = split.reset(self.theta0)
         else:
@@ -462,21 +462,22 @@ class PopulationSplit:
         return (theta1, grads, float(sum(wk * p[1] for wk, p in zip(w, parts))),
                 float(sum(wk * p[2] for wk, p in zip(w, parts))))
 
+    def _stopped(self, e: BaseException) -> RuntimeError:
+        self.close()
+        return RuntimeError(f"a population worker process has stopped ({e!r}); resume the run "
+                            "from its checkpoint, or run with one process")
+
     def _send(self, conn, msg):
         try:
             conn.send(msg)
-        except (BrokenPipeError, EOFError, OSError) as e:
-            self.close()
-            raise RuntimeError(f"a population worker process has stopped ({e}); resume the run "
-                               "from its checkpoint, or run with one process") from None
+        except (EOFError, OSError) as e:                   # BrokenPipeError is an OSError
+            raise self._stopped(e) from None
 
     def _recv(self, conn):
         try:
             out = conn.recv()
         except (EOFError, OSError) as e:
-            self.close()
-            raise RuntimeError(f"a population worker process has stopped ({e!r}); resume the run "
-                               "from its checkpoint, or run with one process") from None
+            raise self._stopped(e) from None
         if out[0] == "error":
             self.close()
             raise RuntimeError(f"a population worker process failed:\n{out[1]}")

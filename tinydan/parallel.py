@@ -19,7 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
 __all__ = ["Workers", "usable_cores", "set_blas_threads", "blas_threads", "start_process",
-           "parent_gone"]
+           "parent_gone", "mp_context"]
 
 
 def usable_cores() -> int:
@@ -28,6 +28,12 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def mp_context():
+    """The multiprocessing context tinydan's workers use: fork on Linux (no re-import of the
+    caller's script, arguments inherited), spawn elsewhere."""
+    return get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
 def _init_worker(nice: int = 0):
@@ -51,8 +57,7 @@ class Workers:
         self.n = max(0, usable_cores() - 1) if n is None else int(n)
         self._pool = None
         if self.n > 0:
-            method = "fork" if sys.platform.startswith("linux") else "spawn"
-            self._pool = ProcessPoolExecutor(self.n, mp_context=get_context(method),
+            self._pool = ProcessPoolExecutor(self.n, mp_context=mp_context(),
                                              initializer=_init_worker, initargs=(int(nice),))
 
     def submit(self, fn, *args, **kwargs) -> Future:
@@ -148,8 +153,8 @@ def start_process(target, *args):
     parent that was killed. In the child, SIGINT is ignored: Ctrl-C stops the parent, which
     stops its workers.
     """
-    fork = sys.platform.startswith("linux")
-    ctx = get_context("fork" if fork else "spawn")
+    ctx = mp_context()
+    fork = ctx.get_start_method() == "fork"
     here, there = ctx.Pipe()
     proc = ctx.Process(target=_child, args=(target, there, here if fork else None, *args),
                        daemon=True)

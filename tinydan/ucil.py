@@ -593,14 +593,14 @@ class _ValidationQueue:
     def __init__(self, pool, cfg: UCILConfig, seed: int, on_result):
         self.pool, self.cfg_dict, self.seed, self.on_result = pool, cfg.to_dict(), seed, on_result
         self.parts = _validation_parts(cfg, 2)
-        self.queue: list = []                       # [(epoch, part, weight)] not started
+        self.queue: list = []                       # [(epoch, part)] not started
         self.running = None                         # (epoch, part, future) in the pool
         self.phi: dict = {}                         # epoch -> phi, until its score is complete
         self.values: dict = {}                      # epoch -> {part: value} of the parts done
 
     def submit(self, epoch: int, phi: dict) -> None:
         self.phi[epoch], self.values[epoch] = phi, {}
-        self.queue += [(epoch, part, w) for part, w in self.parts]
+        self.queue += [(epoch, part) for part, _ in self.parts]
         self.pump()
 
     def pending(self) -> list:
@@ -626,7 +626,7 @@ class _ValidationQueue:
                 self._done(epoch, part, fut.result())
             if self.running is not None or not self.queue:
                 return
-            epoch, part, _ = self.queue.pop(0)
+            epoch, part = self.queue.pop(0)
             self.running = (epoch, part, self.pool.submit(_validate_job, *self._args(epoch, part)))
             wait = False
 
@@ -636,7 +636,7 @@ class _ValidationQueue:
         while self.queue or self.running is not None:
             self.pump()
             if self.queue:
-                epoch, part, _ = self.queue.pop()
+                epoch, part = self.queue.pop()
                 self._done(epoch, part, _validate_snapshot(*self._args(epoch, part)))
             else:
                 self.pump(wait=True)
@@ -759,9 +759,8 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
             + ", ".join(f"{v:.4f}" for v in scores) + ")")
     # (on --resume the checkpoint's phi replaces this phi_0 below; theta_0 is the same for every
     # candidate, so the fingerprint check holds either way)
-    processes_asked = processes
-    processes = default_processes(cfg) if processes is None else int(processes)
-    trainer = new_trainer(cfg, seed, data, candidate=screen["phi0_candidate"], processes=processes)
+    trainer = new_trainer(cfg, seed, data, candidate=screen["phi0_candidate"],
+                          processes=default_processes(cfg) if processes is None else int(processes))
     fingerprint = _theta_fingerprint(trainer.theta0)
     val_hist: list = []
     best = {"val": float("inf"), "epoch": 0, "phi": trainer.net.state_dict()}
@@ -781,11 +780,11 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
         elapsed0 = float(meta.get("meta_train_seconds", 0.0))
         screen = {k: meta.get(k, v) for k, v in screen.items()}
         recorded = int(meta.get("processes", 1))
-        if processes_asked is None:                  # continue as the run was made
+        if processes is None:                        # continue as the run was made
             trainer.processes = recorded
-        elif int(processes_asked) != recorded:
+        elif int(processes) != recorded:
             log(f"note: the run was made with {recorded} process(es), resuming with "
-                f"{processes_asked}: the same maths, rounded differently")
+                f"{processes}: the same maths, rounded differently")
         for epoch in meta.get("pending_epochs", []):              # validations still running then
             pre = f"pending.{epoch}.phi."
             resubmit.append((epoch, {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}))
@@ -1390,12 +1389,11 @@ def bench_paper_meta_step(meta_grad: str = "first_order", repeat: int = 3,
     throughput (a 2048^3 sgemm with ``threads`` BLAS threads: the peak those cores can give) and
     the fraction of it the meta-step reaches, from ``meta_step_flops``.
     """
-    import multiprocessing as mp
-    from .parallel import usable_cores
+    from .parallel import mp_context, usable_cores
     if meta_grad not in META_GRADS:
         raise ValueError(f"meta_grad must be one of {META_GRADS}, got {meta_grad!r}")
     threads = min(2, usable_cores()) if threads is None else int(threads)
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    ctx = mp_context()
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_bench_child, args=(meta_grad, int(repeat), int(blas_threads),
                                                  threads, child))
