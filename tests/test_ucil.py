@@ -364,7 +364,7 @@ def test_tiny_end_to_end(tmp_path, data):
     tuned = json.loads((tmp_path / "tuned" / "results.json").read_text())
     assert tuned["config"]["tune_deploy_lr"] is True
     assert tuned["deploy_lrs"][ucil.NET0]["lr"] in cfg.ae_lrs
-    assert tuned["deploy_lrs"][ucil.NET0]["lr_scores_on_omniglot"] is not None
+    assert tuned["deploy_lrs"][ucil.NET0]["lr_scores"] is not None
     assert alone["deploy_lrs"][ucil.NET0]["lr"] == cfg.inner_lr      # tiny: off by default
     # net0's draws split between this process and a worker: the same losses as in one process
     split = ucil.compare(ph, tmp_path / "split", draws=3, quiet=True, workers=1, data=data,
@@ -441,8 +441,96 @@ def test_choose_lr_reuses_validation(tmp_path, data, monkeypatch):
     monkeypatch.setattr(ucil, "deploy", real)
     res = ucil.compare(net0, tmp_path / "cmp", draws=1, quiet=True, workers=0, data=data,
                        log=lambda *a: None, figures="net0")
-    assert res["deploy_lrs"][ucil.RANDOM]["lr_scores_on_omniglot"]["0.01"] == 0.125
-    assert res["deploy_lrs"][ucil.NET0]["lr_scores_on_omniglot"]["0.01"] == 0.25
+    assert res["deploy_lrs"][ucil.RANDOM]["lr_scores"]["0.01"] == 0.125
+    assert res["deploy_lrs"][ucil.NET0]["lr_scores"]["0.01"] == 0.25
+
+
+def test_lr_source_mnist_val(tmp_path, data, monkeypatch, capsys):
+    """lr_source "mnist-val": MNIST's test set splits into two fixed disjoint halves (LR_SEED);
+    rates are chosen on cfg.lr_sequences sequences of the validation half only, every reported
+    draw comes from the other half; a rate recorded for another source is chosen again, Omniglot
+    validation scores are not reused, and what was chosen where is recorded."""
+    cfg = ucil.ucil_config("tiny", tune_deploy_lr=True, lr_source="mnist-val", lr_sequences=3,
+                           ae_lrs=(0.03, 0.3))
+    split = ucil.load_data(cfg, mnist=True)
+    assert len(split.mnist) == len(split.mnist_val) == len(data.mnist) // 2
+
+    def rows(a):                                # rows sorted: the halves' union, as a multiset
+        return a[np.lexsort(a.T[::-1])]
+    assert np.array_equal(rows(np.concatenate([split.mnist, split.mnist_val])), rows(data.mnist))
+    val_label = {r.tobytes(): y for r, y in zip(split.mnist_val, split.mnist_val_labels)}
+    seqs = ucil.rate_sequences(cfg, split)
+    assert seqs.shape == (3, 10, cfg.shots, 196)
+    assert [[val_label[img.tobytes()] for img in seqs[0, d]] for d in range(10)] == \
+        [[d] * cfg.shots for d in range(10)]                     # digits 0..9 in order, val half
+    assert all(img.tobytes() in val_label for img in seqs.reshape(-1, 196))
+    evaluation = ucil.mnist_sequences(cfg, split, 4).reshape(-1, 196)
+    assert not any(img.tobytes() in val_label for img in evaluation)
+    with pytest.raises(ValueError, match="half of MNIST"):      # the whole test set: refused
+        ucil.mnist_sequences(cfg, data, 2)
+    with pytest.raises(ValueError, match="lr_source"):
+        ucil.ucil_config("tiny", lr_source="mnist-train")
+    # choose_lr scores each rate on those sequences; a rate recorded on Omniglot is chosen again
+    ph = ucil.random_phenotype(cfg, 0)
+    ph.meta.update(val_history=[(0, 0.125)], deploy_lr=0.3, deploy_lr_scores={"0.3": 0.1})
+    assert ucil._known_val(ph) == {}
+    lr, scores = ucil.deploy_lr(ph, split)
+    want = {str(x): float(ucil.deploy(ph.net, ph.theta0, seqs, cfg.deploy_steps, x)["R"][:, -1].mean())
+            for x in cfg.ae_lrs}
+    assert scores == pytest.approx(want, rel=1e-6)
+    assert lr == 0.03 and ph.meta["deploy_lr_source"] == "mnist-val"   # 0.3: grid's top, no margin
+    again = ucil.load_phenotype(ucil.save_phenotype(ph, tmp_path / "ph.npz"))
+    assert again.cfg.lr_source == "mnist-val" and again.meta["deploy_lr_source"] == "mnist-val"
+    res = ucil.compare(again, tmp_path / "cmp", draws=2, quiet=True, workers=0, data=split,
+                       log=lambda *a: None, figures="net0")
+    assert "MNIST" in res["lr_chosen_on"] and "evaluation half" in res["protocol"]
+    assert res["deploy_lrs"][ucil.NET0]["lr"] == lr
+    ae = ucil.plain_autoencoder(cfg)
+    ae_scores = res["deploy_lrs"][ucil.PLAIN]["lr_scores"]
+    theta = ae.init_synapses(1, np.random.default_rng([0, 3]))
+    assert ae_scores["0.03"] == pytest.approx(
+        float(ucil.deploy(ae, theta, seqs, cfg.deploy_steps, 0.03)["R"][:, -1].mean()), rel=1e-6)
+    # an old file's config has no lr_source: it was made choosing on Omniglot, its recorded rate
+    # (no deploy_lr_source either) is reused as it is under "omniglot", chosen again otherwise
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("lr_source", "lr_sequences")}
+    assert ucil.UCILConfig.from_dict(old).lr_source == "omniglot"
+    made_before = ucil.Phenotype(ucil.UCILConfig.from_dict(old), ph.net, ph.theta0, 0,
+                                 {"deploy_lr": 0.3, "deploy_lr_scores": {"0.3": 0.1}})
+    assert ucil._recorded_rate_fits(made_before)
+    made_before.cfg = made_before.cfg.replace(lr_source="mnist-val")
+    assert not ucil._recorded_rate_fits(made_before)
+    assert not ucil._recorded_rate_fits(ucil.Phenotype(cfg.replace(lr_sequences=4), ph.net, ph.theta0,
+                                                       0, dict(again.meta)))   # other count: again
+    # the source does not change a meta-training trajectory: a run may be resumed with either
+    assert {"lr_source", "lr_sequences"}.isdisjoint(ucil._expect(cfg, for_resume=True)["config"])
+    # `deploy --lr-source` overrides the file's source for that deployment (and chooses again)
+    seen = {}
+    monkeypatch.setattr(ucil, "compare", lambda ph, out, **k: seen.update(src=ph.cfg.lr_source,
+                                                                           fits=ucil._recorded_rate_fits(ph)))
+    monkeypatch.setattr(ucil, "_print_verdict", lambda res: None)
+    path = ucil.save_phenotype(again, tmp_path / "ph2.npz")
+    assert ucil.main(["deploy", "--checkpoint", str(path), "--quiet", "--lr-source", "omniglot",
+                      "--out", str(tmp_path / "o")]) == 0
+    assert seen == {"src": "omniglot", "fits": False}
+    assert ucil.main(["deploy", "--checkpoint", str(path), "--quiet", "--out", str(tmp_path / "m")]) == 0
+    assert seen == {"src": "mnist-val", "fits": True}
+
+
+def test_cached_data_keeps_the_split_apart(monkeypatch):
+    """_cached_data: a config choosing rates on MNIST's validation half never gets the whole-test-set
+    data of an Omniglot config (nor the reverse), and a rate-choosing job gets the split data."""
+    loads = []
+    monkeypatch.setattr(ucil, "_DATA_CACHE", {})
+    monkeypatch.setattr(ucil, "load_data", lambda cfg, mnist=True: loads.append((cfg.lr_source, mnist))
+                        or object())
+    omni = ucil.ucil_config("tiny")
+    val = omni.replace(lr_source="mnist-val")
+    a, b = ucil._cached_data(omni, True), ucil._cached_data(val, True)
+    assert a is not b and loads == [("omniglot", True), ("mnist-val", True)]
+    assert ucil._cached_data(val, False, rates=True) is b          # choosing rates: the split data
+    assert ucil._cached_data(omni, False, rates=True) is ucil._cached_data(omni, False) is not a
+    assert ucil._cached_data(val, False) is ucil._cached_data(omni, False)   # no MNIST: the same
+    assert loads[2:] == [("omniglot", False)]
 
 
 def test_phi0_screening(tmp_path, data, monkeypatch):
@@ -514,7 +602,7 @@ def test_shipped_phenotype_loads_and_deploys(data):
     assert ucil.SHIPPED_PHENOTYPE.stat().st_size < 1_000_000
     ph = ucil.load_phenotype(ucil.SHIPPED_PHENOTYPE, ucil.ucil_config("small"))
     assert ph.cfg.name == "small" and "command" in ph.meta
-    seqs = ucil.mnist_sequences(ph.cfg, data, 1)[:, :2]           # 2 digits, 2 steps: it runs
+    seqs = ucil.mnist_sequences(ph.cfg.replace(lr_source="omniglot"), data, 1)[:, :2]  # it runs
     out = ucil.deploy(ph.net, ph.theta0, seqs, 2, ph.cfg.inner_lr, snapshots=[(0, 1)])
     assert out["R"].shape == (1, 2, 2) and np.all(np.isfinite(out["R"]))
     assert out["recon"][(0, 1)].shape == (2, ph.cfg.shots, ph.cfg.image_side ** 2)
@@ -530,6 +618,9 @@ def test_cli_config_flags():
     assert ucil._config_from_args(parse(["meta-train", "--phi-candidates", "1"])).phi_candidates == 1
     assert ucil._config_from_args(parse(["run", "--meta-lr-decay", "0.5"])).meta_lr_decay == 0.5
     assert default.meta_lr_decay == 0.5 and ucil.ucil_config("paper").meta_lr_decay == 1.0
+    assert default.lr_source == "mnist-val" and ucil.ucil_config("paper").lr_source == "omniglot"
+    assert ucil._config_from_args(parse(["run", "--lr-source", "omniglot"])).lr_source == "omniglot"
+    assert ucil._config_from_args(parse(["meta-train", "--lr-source", "omniglot"])).lr_source == "omniglot"
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -540,13 +631,13 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     for bad in (["--config", "huge"], ["run", "--epochs", "0"], ["run", "--meta-grad", "second"],
                 ["meta-train", "--inner-lr", "-1"], ["run", "--resume"],
                 ["meta-train", "--thick-strokes", "2"], ["run", "--phi-candidates", "0"],
-                ["run", "--meta-lr-decay", "0"]):
+                ["run", "--meta-lr-decay", "0"], ["deploy", "--lr-source", "mnist"]):
         with pytest.raises(SystemExit) as e:
             ucil.main(bad)
         assert e.value.code == 2, bad
     err = capsys.readouterr().err
     assert "invalid choice: 'huge'" in err and "must be at least 1" in err and "--resume needs --out" in err
-    assert "thick_strokes is a probability" in err
+    assert "thick_strokes is a probability" in err and "invalid choice: 'mnist'" in err
     with pytest.raises(SystemExit):
         ucil.main(["deploy", "--checkpoint", str(tmp_path / "missing.npz")])
     assert "does not exist" in capsys.readouterr().err
