@@ -11,7 +11,8 @@
 #   per class, never going back; meta-trained on Omniglot characters, deployed on MNIST digits it
 #   has never seen;
 # - the data as tinydan loads it (`tinydan.ucil.load_data`): Omniglot characters downsampled to
-#   28x28 by area averaging with ink = 1, the MNIST test digits, and the task sequences
+#   28x28 by area averaging with ink = 1, the MNIST test digits (two fixed halves: one chooses
+#   learning rates, the other is deployed on), and the task sequences
 #   (`ClassSequences`) that Algorithm 1 consumes;
 # - the model of SPEC section 4: an **input DAN layer** (two 3x3 convolutions), then layers of
 #   **convolutional DANs** that read their C inputs as a small sqrt(C) x sqrt(C) image, one
@@ -52,11 +53,14 @@ lesson_start = time.perf_counter()
 # %% [markdown]
 # ## 1. The data and the protocol
 #
-# `ucil.load_data(cfg)` returns flattened 28x28 images in $[0, 1]$ with **ink = 1** (white
-# background = 0): Omniglot's "background" characters (the `small1` + `small2` sets: 242
+# `ucil.load_data(cfg)` returns flattened images (28x28, or 14x14 for `small`) in $[0, 1]$ with
+# **ink = 1** (white background = 0): Omniglot's "background" characters (the `small1` + `small2` sets: 242
 # characters from 20 drawers each, 105x105 strokes averaged down to 28x28) split by character into
-# meta-training and held-out validation characters, and the 10,000 MNIST test digits. The data is
-# found offline (in `../shared/data` or tinydan's cache) or downloaded once.
+# meta-training and held-out validation characters, and the 10,000 MNIST test digits, which
+# `small` splits into two fixed halves (`lr_source` "mnist-val"): `data.mnist_val` (5,000) only
+# chooses deployment learning rates, `data.mnist` (the other 5,000) is what every model is deployed
+# and scored on. The data is found offline (in `../shared/data` or tinydan's cache) or downloaded
+# once.
 #
 # The protocol, for one **task sequence**:
 #
@@ -78,7 +82,8 @@ data = ucil.load_data(cfg)
 print(f"loaded in {time.perf_counter() - t:.1f} s")
 print(f"Omniglot: {data.omniglot.shape} images of {len(np.unique(data.omniglot_labels))} characters "
       f"({len(data.train_classes)} for meta-training, {len(data.val_classes)} held out for validation)")
-print(f"MNIST test: {data.mnist.shape}; pixel range [{data.mnist.min()}, {data.mnist.max()}], "
+print(f"MNIST test, evaluation half: {data.mnist.shape} (validation half {data.mnist_val.shape}); "
+      f"pixel range [{data.mnist.min()}, {data.mnist.max()}], "
       f"mean ink {data.mnist.mean():.3f} (Omniglot {data.omniglot.mean():.3f})")
 
 rng = np.random.default_rng(6)
@@ -183,7 +188,7 @@ plt.show()
 # ## 3. Deployment with phi fixed
 #
 # The phenotype to deploy: `python -m tinydan.ucil` meta-trains the `small` config on Omniglot
-# (about 12 minutes with the baselines) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
+# (about 16 minutes with the baselines) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
 # there we load it and print where it came from. If it is not, this cell says so and meta-trains
 # for a few seconds instead (a handful of meta-steps on short Omniglot sequences): that shows the
 # machinery, not a useful phenotype, so expect it to behave like the random DANs.
@@ -200,7 +205,7 @@ else:
     print(f"NOTE: {ucil.SHIPPED_PHENOTYPE} does not exist (no meta-trained phenotype was shipped "
           "with this copy of tinydan).\nMeta-training the `small` model for a few seconds instead "
           "(3 classes x 2 steps per sequence, 2 meta-epochs): an illustration of the machinery,\n"
-          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (~18 min).")
+          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (~16 min).")
     quick = cfg.replace(n_classes=3, inner_steps=2, meta_batch=10, population=2, meta_lr=3e-3)
     trainer = ucil.new_trainer(quick, 0, data)
     t = time.perf_counter()
@@ -223,8 +228,10 @@ print(f"deploying phenotype: {ph.meta.get('source', ph.meta.get('command', '?'))
 # The paper takes 60 steps per digit and averages over 20 draws of the images; to run in seconds
 # we take **20 steps per digit on one draw** (`python -m tinydan.ucil deploy` does the full
 # protocol). Both models see the same images, start from the same theta_0 and learn with the same
-# synapse learning rate: the one recorded in the phenotype file (`small` chooses it on Omniglot
-# validation with the plain autoencoders' rule, `ucil.deploy_lr`), else the meta-training rate.
+# synapse learning rate: the one recorded in the phenotype file (`small` chooses every model's rate
+# by one rule, `ucil.choose_lr`, on sequences from a fixed validation half of MNIST's test set; the
+# images you deploy on here come from the other half, as every reported result does), else the
+# meta-training rate.
 # The random DANs are the phi_0 that meta-training started from. (`small` draws 4 candidates for
 # phi_0 and starts from the one whose network learns two Omniglot training sequences best with phi
 # fixed, `ucil.screen_phi0`: most random draws pass too little signal at theta_0 for SGD on the
