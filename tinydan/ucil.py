@@ -364,8 +364,8 @@ def load_data(cfg: UCILConfig, mnist: bool = True) -> UCILData:
         images = images.reshape(len(images), -1)
         if cfg.lr_source == "mnist-val":
             perm = np.random.default_rng(LR_SEED).permutation(len(images))
-            val, ev = np.sort(perm[:int(len(images) * MNIST_VAL_FRACTION)]), np.sort(
-                perm[int(len(images) * MNIST_VAL_FRACTION):])
+            n_val = int(len(images) * MNIST_VAL_FRACTION)
+            val, ev = np.sort(perm[:n_val]), np.sort(perm[n_val:])
             data.mnist_val, data.mnist_val_labels = images[val], labels[val]
             images, labels = images[ev], labels[ev]
         data.mnist, data.mnist_labels = images, labels
@@ -567,7 +567,7 @@ _DATA_CACHE: dict = {}
 
 def _cached_data(cfg: UCILConfig, mnist: bool, rates: bool = False) -> UCILData:
     """load_data once per process; ``rates``: the data ``choose_lr`` needs is wanted too."""
-    mnist = mnist or rates and cfg.lr_source == "mnist-val"
+    mnist = mnist or (rates and cfg.lr_source == "mnist-val")
     key = (cfg.image_side, cfg.val_classes, cfg.n_classes, mnist, cfg.thick_strokes > 0,
            cfg.lr_source if mnist else None)
     if key not in _DATA_CACHE:
@@ -589,8 +589,7 @@ def rate_sequences(cfg: UCILConfig, data: UCILData) -> np.ndarray:
         return validation_sequences(cfg, data)
     if data.mnist_val is None:
         raise ValueError("lr_source 'mnist-val' needs load_data(cfg, mnist=True) with that config")
-    return sample_sequences(data.mnist_val, data.mnist_val_labels, np.arange(10), cfg.lr_sequences,
-                            10, cfg.shots, np.random.default_rng(LR_SEED), ordered=True)
+    return _digit_sequences(cfg, data.mnist_val, data.mnist_val_labels, cfg.lr_sequences, LR_SEED)
 
 
 def lr_source_text(cfg: UCILConfig) -> str:
@@ -988,8 +987,13 @@ def mnist_sequences(cfg: UCILConfig, data: UCILData, draws: int) -> np.ndarray:
     if cfg.lr_source == "mnist-val" and data.mnist_val is None:
         raise ValueError("lr_source 'mnist-val' evaluates on half of MNIST's test set: load the data "
                          "with that config (load_data(cfg)), not one that kept the whole test set")
-    return sample_sequences(data.mnist, data.mnist_labels, np.arange(10), draws, 10, cfg.shots,
-                            np.random.default_rng(EVAL_SEED), ordered=True)
+    return _digit_sequences(cfg, data.mnist, data.mnist_labels, draws, EVAL_SEED)
+
+
+def _digit_sequences(cfg: UCILConfig, images, labels, n: int, seed: int) -> np.ndarray:
+    """(n, 10, shots, D): digits 0..9 in order, cfg.shots random images each, drawn from seed."""
+    return sample_sequences(images, labels, np.arange(10), n, 10, cfg.shots,
+                            np.random.default_rng(seed), ordered=True)
 
 
 def plain_autoencoder(cfg: UCILConfig, same_nodes: bool = False) -> PlainMLP:
@@ -1260,8 +1264,8 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
         "phenotype": {k: ph.meta.get(k) for k in ("source", "path", "best_epoch", "best_val",
                                                  "meta_train_seconds", "command", "phi0_candidate",
                                                  "phi0_screen") if k in ph.meta},
-        "protocol": f"MNIST test digits{half} 0..9 in order, {cfg.shots} images each, {steps} SGD steps "
-                    f"(net0 lr {lr}) per digit on the synapses, phi fixed; R[i, j] = "
+        "protocol": f"MNIST test digits{half} 0..9 in order, {cfg.shots} images each, {steps} "
+                    f"SGD steps (net0 lr {lr}) per digit on the synapses, phi fixed; R[i, j] = "
                     f"reconstruction MSE on digit j after digit i; {draws} draws of the images",
         "models": summaries,
         "plain_autoencoders": {name: {"sizes": list(plain_autoencoder(cfg, same).sizes),
