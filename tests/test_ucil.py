@@ -617,7 +617,8 @@ def test_cli_config_flags():
     assert default.phi_candidates == 4
     assert ucil._config_from_args(parse(["meta-train", "--phi-candidates", "1"])).phi_candidates == 1
     assert ucil._config_from_args(parse(["run", "--meta-lr-decay", "0.5"])).meta_lr_decay == 0.5
-    assert default.meta_lr_decay == 0.5 and ucil.ucil_config("paper").meta_lr_decay == 1.0
+    assert default.meta_lr_decay == 0.7 and ucil.ucil_config("paper").meta_lr_decay == 1.0
+    assert default.meta_epochs == 8
     assert default.lr_source == "mnist-val" and ucil.ucil_config("paper").lr_source == "omniglot"
     assert ucil._config_from_args(parse(["run", "--lr-source", "omniglot"])).lr_source == "omniglot"
     assert ucil._config_from_args(parse(["meta-train", "--lr-source", "omniglot"])).lr_source == "omniglot"
