@@ -188,7 +188,7 @@ plt.show()
 # ## 3. Deployment with phi fixed
 #
 # The phenotype to deploy: `python -m tinydan.ucil` meta-trains the `small` config on Omniglot
-# (about 20 minutes with the baselines) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
+# (about 18.5 minutes with the baselines) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
 # there we load it and print where it came from. If it is not, this cell says so and meta-trains
 # for a few seconds instead (a handful of meta-steps on short Omniglot sequences): that shows the
 # machinery, not a useful phenotype, so expect it to behave like the random DANs.
@@ -205,7 +205,7 @@ else:
     print(f"NOTE: {ucil.SHIPPED_PHENOTYPE} does not exist (no meta-trained phenotype was shipped "
           "with this copy of tinydan).\nMeta-training the `small` model for a few seconds instead "
           "(3 classes x 2 steps per sequence, 2 meta-epochs): an illustration of the machinery,\n"
-          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (~20 min).")
+          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (~18.5 min).")
     quick = cfg.replace(n_classes=3, inner_steps=2, meta_batch=10, population=2, meta_lr=3e-3)
     trainer = ucil.new_trainer(quick, 0, data)
     t = time.perf_counter()
