@@ -516,6 +516,127 @@ def test_lr_source_mnist_val(tmp_path, data, monkeypatch, capsys):
     assert seen == {"src": "mnist-val", "fits": True}
 
 
+def _same_phi(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_epoch_snapshots_are_kept_and_resumed(tmp_path, data):
+    """Meta-training keeps every validated phi (epochs >= 1) in the checkpoint and the phenotype
+    file, each the very phi its validation score was measured on; a resumed run keeps them too."""
+    cfg = ucil.ucil_config("tiny", meta_epochs=3)
+    quiet = dict(quiet=True, workers=0, data=data, log=lambda *a: None)
+    full = ucil.meta_train(cfg, 0, tmp_path / "full", **quiet)
+    assert list(full.snapshots) == [1, 2, 3] and _same_phi(full.snapshots[3], full.net.state_dict()) \
+        == (full.meta["best_epoch"] == 3)
+    val = dict(full.meta["val_history"])
+    for e, phi in full.snapshots.items():
+        net, theta0 = ucil.initial_state(cfg, 0, population=1)
+        net.load_state_dict(phi)
+        assert ucil.validate(net, theta0, cfg, data) == pytest.approx(val[e], rel=1e-6), e
+    assert _same_phi(full.snapshots[full.meta["best_epoch"]], full.net.state_dict())
+    ucil.meta_train(cfg.replace(meta_epochs=2), 0, tmp_path / "part", **quiet)
+    resumed = ucil.meta_train(cfg, 0, tmp_path / "part", resume=True, **quiet)
+    for source in (resumed, ucil.load_phenotype(tmp_path / "part" / "checkpoint.npz"),
+                   ucil.load_phenotype(ucil.save_phenotype(full, tmp_path / "ph.npz"))):
+        assert list(source.snapshots) == [1, 2, 3]
+        assert all(_same_phi(source.snapshots[e], full.snapshots[e]) for e in (1, 2, 3))
+
+
+def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
+    """epoch_source "mnist-val": every snapshot is deployed at the rate chosen for the
+    Omniglot-best one on the validation half of MNIST and the lowest final MSE is deployed (the
+    evaluation half is never read); the choice is recorded and reused, "omniglot" goes back to the
+    Omniglot-best, a file without snapshots deploys the Omniglot-best with a note."""
+    import dataclasses
+    from tinydan.parallel import Workers
+    cfg = ucil.ucil_config("tiny", tune_deploy_lr=True, lr_source="mnist-val", lr_sequences=2,
+                           epoch_source="mnist-val", ae_lrs=(0.03, 0.3), meta_epochs=3)
+    split = ucil.load_data(cfg, mnist=True)
+    run = ucil.meta_train(cfg, 0, tmp_path / "run", quiet=True, workers=0, data=split,
+                          log=lambda *a: None)
+    seqs = ucil.rate_sequences(cfg, split)
+
+    def score(phi, lr):
+        net, theta0 = ucil.initial_state(cfg, 0, population=1)
+        net.load_state_dict(phi)
+        return float(ucil.deploy(net, theta0, seqs, cfg.deploy_steps, lr)["R"][:, -1].mean())
+    # pretend the worst epoch on MNIST's validation half was the best on Omniglot: the choice
+    # must move away from it
+    lr0 = ucil.choose_lr(run.net, run.theta0, cfg, split)[0]
+    worst = max(run.snapshots, key=lambda e: score(run.snapshots[e], lr0))
+
+    def pretend(best):
+        net, theta0 = ucil.initial_state(cfg, 0, population=1)
+        net.load_state_dict(run.snapshots[best])
+        return ucil.Phenotype(cfg, net, theta0, 0, {"best_epoch": best, "path": "p.npz"},
+                              snapshots=dict(run.snapshots))
+    ph = pretend(worst)
+    lr = ucil.choose_lr(ph.net, ph.theta0, cfg, split)[0]
+    want = {e: score(phi, lr) for e, phi in run.snapshots.items()}
+    blind = dataclasses.replace(split, mnist=np.full_like(split.mnist, np.nan),
+                                mnist_labels=np.zeros_like(split.mnist_labels))
+    chosen = ucil.choose_epoch(ph, blind, log=lambda *a: None)     # evaluation half unreadable
+    assert chosen == min(want, key=want.get) != worst
+    assert ph.meta["epoch_scores"] == pytest.approx({str(e): v for e, v in want.items()}, rel=1e-5)
+    assert ph.meta["deployed_epoch"] == chosen and ph.meta["epoch_lr"] == lr == ph.meta["deploy_lr"]
+    assert ph.meta["deployed_epoch_source"] == "mnist-val"
+    assert _same_phi(ph.net.state_dict(), run.snapshots[chosen])
+    # scored side by side with a worker: the same choice and scores
+    side = pretend(worst)
+    with Workers(1) as pool:
+        assert ucil.choose_epoch(side, split, pool=pool, log=lambda *a: None) == chosen
+    assert side.meta["epoch_scores"] == pytest.approx(ph.meta["epoch_scores"], rel=1e-5)
+    # recorded in the file: reused without deploying anything; "omniglot" goes back to the best
+    again = ucil.load_phenotype(ucil.save_phenotype(ph, tmp_path / "chosen.npz"))
+    assert _same_phi(again.net.state_dict(), run.snapshots[chosen])
+    real = ucil.deploy
+
+    def refuse(*a, **k):
+        raise AssertionError("a recorded epoch choice must not be made again")
+    monkeypatch.setattr(ucil, "deploy", refuse)
+    assert ucil.choose_epoch(again, split) == chosen
+    again.cfg = again.cfg.replace(epoch_source="omniglot")
+    assert ucil.choose_epoch(again, split) == worst and "epoch_scores" not in again.meta
+    assert _same_phi(again.net.state_dict(), run.snapshots[worst])
+    old = pretend(worst)
+    old.snapshots = {}
+    assert ucil.choose_epoch(old, split) == worst
+    assert "no meta-epoch snapshots" in capsys.readouterr().out
+    monkeypatch.setattr(ucil, "deploy", real)
+    # another number of rate sequences: chosen again
+    other = ucil.load_phenotype(tmp_path / "chosen.npz")
+    other.cfg = other.cfg.replace(lr_sequences=3)
+    ucil.choose_epoch(other, ucil.load_data(other.cfg, mnist=True), log=lambda *a: None)
+    assert other.meta["epoch_lr_sequences"] == 3
+    # the config and the CLI
+    with pytest.raises(ValueError, match="needs lr_source 'mnist-val'"):
+        ucil.ucil_config("tiny", epoch_source="mnist-val")
+    with pytest.raises(ValueError, match="epoch_source must be one of"):
+        ucil.ucil_config("tiny", epoch_source="mnist")
+    assert "epoch_source" not in ucil._expect(cfg, for_resume=True)["config"]
+    parse = ucil.build_parser().parse_args
+    assert ucil.ucil_config("small").epoch_source == "mnist-val"
+    assert ucil.ucil_config("paper").epoch_source == "omniglot"
+    assert ucil._config_from_args(parse(["run", "--lr-source", "omniglot"])).epoch_source == "omniglot"
+    assert ucil._config_from_args(parse(["run", "--epoch-source", "omniglot"])).lr_source == "mnist-val"
+    with pytest.raises(SystemExit):
+        ucil.main(["run", "--lr-source", "omniglot", "--epoch-source", "mnist-val"])
+    assert "needs lr_source 'mnist-val'" in capsys.readouterr().err
+
+
+def test_choose_lr_side_by_side(data):
+    """choose_lr with an idle worker scores two rates at a time: the same scores and rate, and
+    rates above the first diverged one are not kept."""
+    from tinydan.parallel import Workers
+    cfg = ucil.ucil_config("tiny", tune_deploy_lr=True, ae_lrs=(0.03, 0.3, 1e6, 1e7))
+    ph = ucil.random_phenotype(cfg, 0)
+    alone = ucil.choose_lr(ph.net, ph.theta0, cfg, data)
+    with Workers(1) as pool:
+        side = ucil.choose_lr(ph.net, ph.theta0, cfg, data, pool=pool, phi=ph.net.state_dict(), seed=0)
+    assert alone[0] == side[0] == 0.03 and list(side[1]) == [0.03, 0.3, 1e6] == list(alone[1])
+    assert side[1][0.03] == pytest.approx(alone[1][0.03], rel=1e-5) and side[1][1e6] == float("inf")
+
+
 def test_cached_data_keeps_the_split_apart(monkeypatch):
     """_cached_data: a config choosing rates on MNIST's validation half never gets the whole-test-set
     data of an Omniglot config (nor the reverse), and a rate-choosing job gets the split data."""

@@ -118,7 +118,7 @@ from .tensor import Tensor, wrap
 
 __all__ = ["UCILConfig", "UCIL_CONFIGS", "ucil_config", "build_ucil_net", "UCILData", "load_data",
            "ClassSequences", "omniglot_sequences", "thicken_strokes", "deploy", "meta_train",
-           "Phenotype", "load_phenotype", "choose_lr", "tune_ae_lr", "deploy_lr",
+           "Phenotype", "load_phenotype", "choose_lr", "choose_epoch", "tune_ae_lr", "deploy_lr",
            "save_phenotype", "random_phenotype", "compare", "bench_paper_meta_step", "main",
            "SHIPPED_PHENOTYPE", "KIND"]
 
@@ -186,6 +186,11 @@ class UCILConfig:
     # the only source of the reported draws. Meta-training never sees MNIST either way.
     lr_source: str = "omniglot"
     lr_sequences: int = 10
+    # Which validated phi snapshot is deployed (``choose_epoch``): "omniglot", the meta-epoch with the
+    # lowest Omniglot validation MSE; "mnist-val" (needs lr_source "mnist-val"), the snapshot whose
+    # deployment on the rate-choosing sequences of MNIST's validation half ends lowest, every
+    # snapshot at the rate chosen for the Omniglot-best one. Meta-training is the same either way.
+    epoch_source: str = "omniglot"
     # Probability that a class of a meta-training or validation sequence is drawn with thickened
     # strokes (2x2 max filter at 28x28, then area-downsampled): a broader ink distribution than
     # Omniglot's thin strokes. 0: the SPEC's preprocessing.
@@ -207,6 +212,12 @@ class UCILConfig:
                              f"got {self.n_channels}")
         if self.lr_source not in LR_SOURCES:
             raise ValueError(f"lr_source must be one of {LR_SOURCES}, got {self.lr_source!r}")
+        if self.epoch_source not in LR_SOURCES:
+            raise ValueError(f"epoch_source must be one of {LR_SOURCES}, got {self.epoch_source!r}")
+        if self.epoch_source == "mnist-val" and self.lr_source != "mnist-val":
+            raise ValueError("epoch_source 'mnist-val' chooses the meta-epoch on the sequences the "
+                             "rates are chosen on: it needs lr_source 'mnist-val' too (or use "
+                             "epoch_source 'omniglot')")
         if not 0.0 <= self.thick_strokes <= 1.0:
             raise ValueError(f"thick_strokes is a probability in [0, 1], got {self.thick_strokes}")
         for name in ("inner_lr", "meta_lr", "meta_lr_decay"):
@@ -253,12 +264,15 @@ UCIL_CONFIGS = {
     # (most draws of phi_0 pass too little signal at theta_0 to learn from: README, UCIL), and
     # meta-trains 8 meta-epochs with phi's rate times 0.7 after each (better mean Omniglot
     # validation over seeds 0-2 than 4 epochs halving it, by a rule fixed before the runs: README).
+    # The meta-epoch deployed is chosen on MNIST's validation half, like the rates (epoch_source):
+    # the best epoch on Omniglot is not always the one that transfers best (README, UCIL).
     "small": UCILConfig(name="small", image_side=14, nodes=(196, 120, 100, 120, 196), n_channels=36,
                         dan_convs=((4, 2), (4, 2)), dan_pool=2, dan_hidden=16,
                         inner_steps=60, meta_batch=20, inner_lr=3.0, meta_lr=1e-3,
                         meta_epochs=8, val_every=2, ae_hidden=(512, 256, 512),
                         ae_lrs=(0.1, 0.3, 1.0, 3.0, 10.0), thick_strokes=0.5, tune_deploy_lr=True,
-                        phi_candidates=4, meta_lr_decay=0.7, lr_source="mnist-val"),
+                        phi_candidates=4, meta_lr_decay=0.7, lr_source="mnist-val",
+                        epoch_source="mnist-val"),
     # A few-second config for tests and lessons.
     "tiny": UCILConfig(name="tiny", image_side=14, nodes=(196, 6, 4, 6, 196), n_channels=16,
                        dan_convs=((3, 2), (2, 2)), dan_pool=2, dan_hidden=6, input_hidden=2,
@@ -522,6 +536,9 @@ class Phenotype:
     theta0: dict
     seed: int
     meta: dict = field(default_factory=dict)
+    # {meta-epoch: phi} of the validated snapshots of meta-training (epoch_source "mnist-val"
+    # chooses among them, ``choose_epoch``); empty once the epoch is chosen or for older files
+    snapshots: dict = field(default_factory=dict)
 
 
 def random_phenotype(cfg: UCILConfig, seed: int = 0, candidate: int = 0) -> Phenotype:
@@ -754,7 +771,7 @@ MODEL_FIELDS = ("image_side", "input_hidden", "nodes", "n_channels", "dan_convs"
 # fields that do not change a meta-training trajectory: a run may be resumed with other values
 # (``--epochs 30 --resume`` continues a 12-epoch run)
 RESUMABLE_FIELDS = ("meta_epochs", "eval_draws", "deploy_group", "tune_deploy_lr", "lr_source",
-                    "lr_sequences")
+                    "lr_sequences", "epoch_source")
 
 
 # fields added after runs were made, with the value that reproduces those runs
@@ -813,6 +830,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     fingerprint = _theta_fingerprint(trainer.theta0)
     val_hist: list = []
     best = {"val": float("inf"), "epoch": 0, "phi": trainer.net.state_dict()}
+    snapshots: dict = {}                      # meta-epoch (>= 1) -> its validated phi (choose_epoch)
     elapsed0 = 0.0
     resubmit: list = []
     if resume and ckpt.exists():
@@ -826,6 +844,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
         val_hist = [tuple(v) for v in meta.get("val_history", [])]
         best = {"val": meta.get("best_val", float("inf")), "epoch": meta.get("best_epoch", 0),
                 "phi": {k[9:]: v for k, v in arrays.items() if k.startswith("best.phi.")}}
+        snapshots.update(_snapshots_from(arrays))
         elapsed0 = float(meta.get("meta_train_seconds", 0.0))
         screen = {k: meta.get(k, v) for k, v in screen.items()}
         recorded = int(meta.get("processes", 1))
@@ -846,6 +865,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     def save():
         arrays = {k: v for k, v in trainer.state_arrays().items() if not k.startswith("theta0.")}
         arrays.update({f"best.phi.{k}": v for k, v in best["phi"].items()})
+        arrays.update(_snapshot_arrays(snapshots))
         pending = [] if validations is None else validations.pending()
         for epoch, phi in pending:                        # so that a resumed run validates them
             arrays.update({f"pending.{epoch}.phi.{k}": v for k, v in phi.items()})
@@ -863,6 +883,8 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
         val_hist.sort(key=lambda ev: ev[0])
         if v < best["val"] or (v == best["val"] and epoch < best["epoch"]):
             best = {"val": v, "epoch": epoch, "phi": phi}
+        if epoch > 0:
+            snapshots[epoch] = phi
 
     steps_per_epoch = cfg.n_classes * cfg.inner_steps
     trainer.start()         # fork the population's workers before the bar and the pool have threads
@@ -909,7 +931,22 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
             "meta_train_seconds": elapsed0 + time.perf_counter() - t0, "checkpoint": str(ckpt),
             "command": _command(argv)}
     theta0 = {k: np.asarray(v)[:1] for k, v in trainer.theta0.items()}
-    return Phenotype(cfg, trainer.net, theta0, seed, meta)
+    return Phenotype(cfg, trainer.net, theta0, seed, meta, snapshots=dict(sorted(snapshots.items())))
+
+
+def _snapshot_arrays(snapshots: dict) -> dict:
+    """{"snap.E.phi.NAME": array} of the validated phi snapshots {E: phi} (checkpoint layout)."""
+    return {f"snap.{e}.phi.{k}": v for e, phi in snapshots.items() for k, v in phi.items()}
+
+
+def _snapshots_from(arrays: dict) -> dict:
+    """Inverse of _snapshot_arrays: {E: phi}, sorted by meta-epoch."""
+    snaps: dict = {}
+    for key, v in arrays.items():
+        if key.startswith("snap."):
+            e, name = key[5:].split(".phi.", 1)
+            snaps.setdefault(int(e), {})[name] = v
+    return dict(sorted(snaps.items()))
 
 
 def save_phenotype(ph: Phenotype, path, results: dict | None = None) -> Path:
@@ -921,7 +958,9 @@ def save_phenotype(ph: Phenotype, path, results: dict | None = None) -> Path:
                                        "theta0_crc32", "meta_train_seconds", "command",
                                        "deploy_lr", "deploy_lr_scores", "phi0_candidate",
                                        "deploy_lr_source", "deploy_lr_sequences", "phi0_screen",
-                                       "phi0_screen_seconds", "processes")
+                                       "phi0_screen_seconds", "processes", "deployed_epoch",
+                                       "deployed_epoch_source", "epoch_scores", "epoch_lr",
+                                       "epoch_lr_sequences")
                if k in ph.meta}}
     if results is not None:
         meta["results"] = {
@@ -934,6 +973,7 @@ def save_phenotype(ph: Phenotype, path, results: dict | None = None) -> Path:
                 name: v["lr"] for name, v in results.get("deploy_lrs", {}).items()},
             "forward_transfer": results["forward_transfer"], "command": results["command"]}
     arrays = {f"phi.{k}": v for k, v in ph.net.state_dict().items()}
+    arrays.update(_snapshot_arrays(ph.snapshots))
     return save_checkpoint(path, arrays, meta, compress=True)
 
 
@@ -966,7 +1006,7 @@ def load_phenotype(path, cfg: UCILConfig | None = None) -> Phenotype:
     meta = dict(meta)
     if named is not None and named != file_cfg:
         meta["note"] = f"config differs from the current {file_cfg.name!r} preset"
-    return Phenotype(file_cfg, net, theta0, seed, meta)
+    return Phenotype(file_cfg, net, theta0, seed, meta, snapshots=_snapshots_from(arrays))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1004,32 +1044,44 @@ def plain_autoencoder(cfg: UCILConfig, same_nodes: bool = False) -> PlainMLP:
 
 
 def choose_lr(model, theta0: dict, cfg: UCILConfig, data: UCILData,
-              known: dict | None = None) -> tuple[float, dict]:
+              known: dict | None = None, pool=None, phi: dict | None = None,
+              seed: int = 0) -> tuple[float, dict]:
     """A deployment SGD learning rate for ``model``, chosen on ``rate_sequences`` (cfg.lr_source:
     Omniglot validation, or the rate-choosing half of MNIST's test set; never the evaluation
     draws): the lowest mean final MSE among the rates of cfg.ae_lrs whose next larger rate in the
     grid does not diverge either. The margin matters: plain SGD at the edge of stability on thin
     Omniglot strokes diverges on MNIST's heavier ink. Returns (lr, {lr: score}), score inf for a
-    diverged run; rates above the first diverged one are not tried.
+    diverged run; rates above the first diverged one are not tried (or, tried side by side with
+    it, not kept).
 
     ``known`` {lr: score}: scores already measured on these sequences with this protocol
-    (``validate`` at cfg.inner_lr during meta-training): used as they are, not rerun."""
+    (``validate`` at cfg.inner_lr during meta-training): used as they are, not rerun. ``pool`` (an
+    idle ``Workers``) with the DAN network's ``phi`` and ``seed``: rates are scored in the pool and
+    here side by side, the same scores as one after another."""
     seqs = rate_sequences(cfg, data)
     lrs = sorted(cfg.ae_lrs)
     known = {float(k): float(v) for k, v in (known or {}).items()}
-    scores = {}
-    for lr in lrs:
-        if float(lr) in known:
-            scores[lr] = known[float(lr)]
-        else:
-            with np.errstate(all="ignore"):
-                R = deploy(model, theta0, seqs, cfg.deploy_steps, lr)["R"]
-            scores[lr] = float(R[:, -1].mean()) if np.all(np.isfinite(R)) else float("inf")
-        if not np.isfinite(scores[lr]):
-            break                               # larger rates diverge too
+    width = 1 + (pool.n if pool is not None and phi is not None else 0)
+    scores: dict = {}
+    todo = list(lrs)
+    while todo:
+        batch, todo = todo[:width], todo[width:]
+        fresh = [lr for lr in batch if float(lr) not in known]
+        futures = {lr: pool.submit(_score_job, cfg.to_dict(), phi, seqs, seed, lr) for lr in fresh[1:]}
+        for lr in batch:
+            if float(lr) in known:
+                scores[lr] = known[float(lr)]
+            elif lr in futures:
+                scores[lr] = futures[lr].result()
+            else:
+                scores[lr] = _final_score(model, theta0, cfg, seqs, lr)
+        diverged = [lr for lr in batch if not np.isfinite(scores[lr])]
+        if diverged:                            # larger rates diverge too
+            scores = {lr: v for lr, v in scores.items() if lr <= diverged[0]}
+            break
     safe = [lr for lr, nxt in zip(lrs, lrs[1:]) if nxt in scores and np.isfinite(scores[nxt])]
-    pool = safe or [lr for lr in scores if np.isfinite(scores[lr])] or lrs[:1]
-    return min(pool, key=scores.get), scores
+    candidates = safe or [lr for lr in scores if np.isfinite(scores[lr])] or lrs[:1]
+    return min(candidates, key=scores.get), scores
 
 
 def tune_ae_lr(cfg: UCILConfig, data: UCILData, seed: int = 0,
@@ -1039,18 +1091,20 @@ def tune_ae_lr(cfg: UCILConfig, data: UCILData, seed: int = 0,
     return choose_lr(ae, ae.init_synapses(1, np.random.default_rng([seed, 3])), cfg, data)
 
 
-def deploy_lr(ph: Phenotype, data: UCILData | None = None) -> tuple[float, dict | None]:
+def deploy_lr(ph: Phenotype, data: UCILData | None = None, pool=None) -> tuple[float, dict | None]:
     """The synapse learning rate a DAN phenotype deploys with: cfg.inner_lr (the paper: the
     meta-training rate), or with cfg.tune_deploy_lr the rate ``choose_lr`` picks on cfg.lr_source's
     sequences, as for the plain autoencoders (recorded in the phenotype file once chosen, with the
-    source it was chosen on). Returns (lr, scores or None)."""
+    source it was chosen on; ``pool``: an idle ``Workers`` to score rates in). Returns (lr, scores
+    or None)."""
     cfg = ph.cfg
     if not cfg.tune_deploy_lr:
         return cfg.inner_lr, None
     if _recorded_rate_fits(ph):
         return float(ph.meta["deploy_lr"]), ph.meta.get("deploy_lr_scores")
     data = _cached_data(cfg, mnist=False, rates=True) if data is None else data
-    lr, scores = choose_lr(ph.net, ph.theta0, cfg, data, known=_known_val(ph))
+    lr, scores = choose_lr(ph.net, ph.theta0, cfg, data, known=_known_val(ph), pool=pool,
+                           phi=ph.net.state_dict(), seed=ph.seed)
     ph.meta["deploy_lr"], ph.meta["deploy_lr_scores"] = lr, {str(k): v for k, v in scores.items()}
     ph.meta["deploy_lr_source"] = cfg.lr_source
     if cfg.lr_source != "omniglot":
@@ -1088,6 +1142,81 @@ def _known_val(ph: Phenotype) -> dict:
     else:
         v = ph.meta.get("best_val")
     return {} if v is None or not np.isfinite(v) else {ph.cfg.inner_lr: float(v)}
+
+
+def _score_job(cfg_dict: dict, phi: dict, seqs: np.ndarray, seed: int, lr: float) -> float:
+    """Mean final MSE of a phi deployed at ``lr`` on ``seqs`` (inf if it diverges), in a worker."""
+    from .parallel import set_blas_threads
+    set_blas_threads(1)
+    cfg = UCILConfig.from_dict(cfg_dict)
+    net, theta0 = initial_state(cfg, seed, population=1)
+    net.load_state_dict(phi)
+    return _final_score(net, theta0, cfg, seqs, lr)
+
+
+def _final_score(net, theta0: dict, cfg: UCILConfig, seqs: np.ndarray, lr: float) -> float:
+    """Mean final MSE (all classes after the last one) of a deployment at ``lr``; inf if it diverged."""
+    with np.errstate(all="ignore"):
+        R = deploy(net, theta0, seqs, cfg.deploy_steps, lr)["R"]
+    return float(R[:, -1].mean()) if np.all(np.isfinite(R)) else float("inf")
+
+
+def choose_epoch(ph: Phenotype, data: UCILData | None = None, pool=None, log=print) -> int:
+    """Load into ph.net the phi snapshot ph deploys, by cfg.epoch_source, and return its meta-epoch.
+
+    "omniglot": the best meta-epoch on Omniglot validation (``best_epoch``). "mnist-val": with r* =
+    ``deploy_lr`` of the Omniglot-best phi, argmin_e mean final MSE of snapshot e deployed at r* on
+    ``rate_sequences`` (MNIST's validation half; ties go to the Omniglot-best); the evaluation half
+    is never used. Deployed at r*. Recorded in ph.meta: deployed_epoch, deployed_epoch_source, epoch_scores
+    {epoch: score}, epoch_lr; a choice already recorded the same way is kept. ``pool`` (an idle
+    ``Workers``): snapshots are scored in it and here side by side."""
+    cfg, meta = ph.cfg, ph.meta
+    best = int(meta.get("best_epoch", 0))
+    current = int(meta.get("deployed_epoch", best))
+    if cfg.epoch_source == "mnist-val" and meta.get("deployed_epoch_source") == "mnist-val" \
+            and meta.get("epoch_lr_sequences") == cfg.lr_sequences \
+            and (_recorded_rate_fits(ph) if cfg.tune_deploy_lr else meta.get("epoch_lr") == cfg.inner_lr):
+        return current                                  # chosen already, this way
+    if current != best:                                 # the file holds another epoch's phi
+        if best not in ph.snapshots:
+            raise CheckpointError(f"{meta.get('path', 'the phenotype')}: it deploys meta-epoch "
+                                  f"{current} and has no snapshot of meta-epoch {best} to go back to")
+        ph.net.load_state_dict(ph.snapshots[best])
+    for k in ("epoch_scores", "epoch_lr", "epoch_lr_sequences"):
+        meta.pop(k, None)
+    meta.update(deployed_epoch=best, deployed_epoch_source="omniglot")
+    if cfg.epoch_source == "omniglot":
+        return best
+    if not ph.snapshots:
+        log("note: no meta-epoch snapshots in this file (made before tinydan kept them): "
+            f"deploying the best meta-epoch on Omniglot, {best}")
+        return best
+    data = _cached_data(cfg, mnist=False, rates=True) if data is None else data
+    seqs = rate_sequences(cfg, data)
+    lr, scores = deploy_lr(ph, data, pool)              # r*, chosen for the Omniglot-best phi
+    candidates = {e: phi for e, phi in ph.snapshots.items() if e != best}
+    log(f"choosing the meta-epoch to deploy on {lr_source_text(cfg)} at lr {lr}: epochs "
+        + ", ".join(str(e) for e in sorted([best, *candidates])))
+    got = {best: float(scores[str(lr)]) if scores and str(lr) in scores
+           else _final_score(ph.net, ph.theta0, cfg, seqs, lr)}
+    order = sorted(candidates)
+    n_pool = 0 if pool is None else len(order) * pool.n // (pool.n + 1)  # the rest run here
+    futures = {e: pool.submit(_score_job, cfg.to_dict(), candidates[e], seqs, ph.seed, lr)
+               for e in order[:n_pool]}
+    net, theta0 = initial_state(cfg, ph.seed, population=1)
+    for e in order[n_pool:]:
+        net.load_state_dict(candidates[e])
+        got[e] = _final_score(net, theta0, cfg, seqs, lr)
+    got.update({e: f.result() for e, f in futures.items()})
+    chosen = min(sorted(got), key=lambda e: (got[e], e != best))
+    if chosen != best:
+        ph.net.load_state_dict(ph.snapshots[chosen])
+    meta.update(deployed_epoch=chosen, deployed_epoch_source="mnist-val", epoch_lr=lr,
+                epoch_lr_sequences=cfg.lr_sequences,
+                epoch_scores={str(e): got[e] for e in sorted(got)})
+    log("meta-epoch scores: " + ", ".join(f"{e}: {got[e]:.4f}" for e in sorted(got))
+        + f" -> deploying meta-epoch {chosen}")
+    return chosen
 
 
 def _fig2_points(cfg: UCILConfig, T: int = 10) -> list:
@@ -1196,7 +1325,9 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
             fut_nodes = pool.submit(_plain_ae_job, cfg.to_dict(), seqs, ph.seed, True)
         if cfg.tune_deploy_lr and not _recorded_rate_fits(ph):
             log(f"choosing net0's deployment learning rate on {lr_source_text(cfg)} from {cfg.ae_lrs}")
-        lr, lr_scores = deploy_lr(ph, data)        # chosen on rate_sequences if cfg says so
+        idle = None if baselines else pool          # scores rates and epochs beside this process
+        choose_epoch(ph, data, pool=idle, log=log)  # the phi of cfg.epoch_source's meta-epoch
+        lr, lr_scores = deploy_lr(ph, data, idle)   # chosen on rate_sequences if cfg says so
         if not baselines and pool.n > 0 and draws > 1:   # nothing else to run: split net0's draws
             here = (draws + 1) // 2
             fut_rest = pool.submit(_phenotype_job, cfg.to_dict(), ph.net.state_dict(),
@@ -1261,8 +1392,9 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
         "experiment": "ucil", "command": _command(argv), "config": cfg.to_dict(), "seed": ph.seed,
         "versions": _versions(), "draws": draws, "evaluation_seed": EVAL_SEED,
         "phenotype": {k: ph.meta.get(k) for k in ("source", "path", "best_epoch", "best_val",
-                                                 "meta_train_seconds", "command", "phi0_candidate",
-                                                 "phi0_screen") if k in ph.meta},
+                                                 "deployed_epoch", "deployed_epoch_source", "epoch_scores",
+                                                 "epoch_lr", "meta_train_seconds", "command",
+                                                 "phi0_candidate", "phi0_screen") if k in ph.meta},
         "protocol": f"MNIST test digits{half} 0..9 in order, {cfg.shots} images each, {steps} "
                     f"SGD steps (net0 lr {lr}) per digit on the synapses, phi fixed; R[i, j] = "
                     f"reconstruction MSE on digit j after digit i; {draws} draws of the images",
@@ -1541,6 +1673,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "from the other half only). Default: "
                              + ("from the config (mnist-val for small)" if training
                                 else "as the phenotype was made"))
+        sp.add_argument("--epoch-source", choices=LR_SOURCES, default=None,
+                        help="how the meta-epoch to deploy is chosen: 'omniglot' (the best on "
+                             "Omniglot validation) or 'mnist-val' (the snapshot that learns the "
+                             "--lr-source mnist-val sequences best). Default: "
+                             + ("from the config (mnist-val for small)" if training
+                                else "as the phenotype was made"))
         sp.add_argument("--tune-deploy-lr", action=argparse.BooleanOptionalAction, default=None,
                         help="choose the DAN networks' deployment lr (see --lr-source) "
                              "like the plain autoencoders'; --no-tune-deploy-lr deploys at the "
@@ -1601,9 +1739,12 @@ def _config_from_args(a) -> UCILConfig:
                             ("meta_lr_decay", a.meta_lr_decay),
                             ("eval_draws", a.draws), ("thick_strokes", a.thick_strokes),
                             ("tune_deploy_lr", a.tune_deploy_lr), ("lr_source", a.lr_source),
+                            ("epoch_source", a.epoch_source),
                             ("phi_candidates", getattr(a, "phi_candidates", None))):
         if arg is not None:
             over[field_name] = arg
+    if over.get("lr_source") == "omniglot" and "epoch_source" not in over:
+        over["epoch_source"] = "omniglot"           # the epoch is chosen where the rates are
     return ucil_config(a.config, **over)
 
 
@@ -1638,10 +1779,18 @@ def main(argv=None) -> int:
                 ph.cfg = ph.cfg.replace(tune_deploy_lr=a.tune_deploy_lr)
                 ph.meta.pop("deploy_lr", None)         # a recorded rate belongs to the other setting
                 ph.meta.pop("deploy_lr_scores", None)
-            if a.lr_source is not None:                # deploy_lr re-chooses on another source
-                ph.cfg = ph.cfg.replace(lr_source=a.lr_source)
+            changes = {k: v for k, v in (("lr_source", a.lr_source), ("epoch_source", a.epoch_source))
+                       if v is not None}               # deploy_lr / choose_epoch choose again
+            if changes.get("lr_source") == "omniglot" and "epoch_source" not in changes \
+                    and ph.cfg.epoch_source == "mnist-val":
+                changes["epoch_source"] = "omniglot"
+                print("note: --lr-source omniglot: the meta-epoch is chosen on Omniglot too")
+            try:
+                ph.cfg = ph.cfg.replace(**changes)
+            except ValueError as e:
+                parser.error(str(e))
             print(f"deploying phenotype {path} (config {ph.cfg.name!r}, seed {ph.seed}, meta-epoch "
-                  f"{ph.meta.get('best_epoch', '?')}); writing to {out}")
+                  f"{ph.meta.get('deployed_epoch', ph.meta.get('best_epoch', '?'))}); writing to {out}")
             draws = a.draws or DEPLOY_DRAWS
             res = compare(ph, out, draws=draws, quiet=a.quiet, argv=typed, baselines=a.baselines)
             _print_verdict(res)
