@@ -526,8 +526,7 @@ def test_epoch_snapshots_are_kept_and_resumed(tmp_path, data):
     cfg = ucil.ucil_config("tiny", meta_epochs=3)
     quiet = dict(quiet=True, workers=0, data=data, log=lambda *a: None)
     full = ucil.meta_train(cfg, 0, tmp_path / "full", **quiet)
-    assert list(full.snapshots) == [1, 2, 3] and _same_phi(full.snapshots[3], full.net.state_dict()) \
-        == (full.meta["best_epoch"] == 3)
+    assert list(full.snapshots) == [0, 1, 2, 3]
     val = dict(full.meta["val_history"])
     for e, phi in full.snapshots.items():
         net, theta0 = ucil.initial_state(cfg, 0, population=1)
@@ -538,8 +537,20 @@ def test_epoch_snapshots_are_kept_and_resumed(tmp_path, data):
     resumed = ucil.meta_train(cfg, 0, tmp_path / "part", resume=True, **quiet)
     for source in (resumed, ucil.load_phenotype(tmp_path / "part" / "checkpoint.npz"),
                    ucil.load_phenotype(ucil.save_phenotype(full, tmp_path / "ph.npz"))):
-        assert list(source.snapshots) == [1, 2, 3]
-        assert all(_same_phi(source.snapshots[e], full.snapshots[e]) for e in (1, 2, 3))
+        assert list(source.snapshots) == [0, 1, 2, 3]
+        assert all(_same_phi(source.snapshots[e], full.snapshots[e]) for e in (0, 1, 2, 3))
+    # a checkpoint made before snapshots were kept: the best phi is one, the lost epochs are named
+    ucil.meta_train(cfg.replace(meta_epochs=2), 0, tmp_path / "old", **quiet)
+    from tinydan.checkpoint import save_checkpoint
+    arrays, meta = load_checkpoint(tmp_path / "old" / "checkpoint.npz")
+    save_checkpoint(tmp_path / "old" / "checkpoint.npz",
+                    {k: v for k, v in arrays.items() if not k.startswith("snap.")}, meta)
+    said = []
+    old = ucil.meta_train(cfg, 0, tmp_path / "old", resume=True, **{**quiet, "log": said.append})
+    kept = sorted({meta["best_epoch"], 3})
+    assert list(old.snapshots) == kept and _same_phi(old.snapshots[3], full.snapshots[3])
+    lost = sorted({1, 2} - {meta["best_epoch"]})
+    assert any(f"no phi of meta-epoch(s) {lost}" in line for line in said), said
 
 
 def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
@@ -548,6 +559,7 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
     evaluation half is never read); the choice is recorded and reused, "omniglot" goes back to the
     Omniglot-best, a file without snapshots deploys the Omniglot-best with a note."""
     import dataclasses
+    from tinydan.checkpoint import save_checkpoint
     from tinydan.parallel import Workers
     cfg = ucil.ucil_config("tiny", tune_deploy_lr=True, lr_source="mnist-val", lr_sequences=2,
                            epoch_source="mnist-val", ae_lrs=(0.03, 0.3), meta_epochs=3)
@@ -563,7 +575,7 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
     # pretend the worst epoch on MNIST's validation half was the best on Omniglot: the choice
     # must move away from it
     lr0 = ucil.choose_lr(run.net, run.theta0, cfg, split)[0]
-    worst = max(run.snapshots, key=lambda e: score(run.snapshots[e], lr0))
+    worst = max((e for e in run.snapshots if e >= 1), key=lambda e: score(run.snapshots[e], lr0))
 
     def pretend(best):
         net, theta0 = ucil.initial_state(cfg, 0, population=1)
@@ -572,11 +584,11 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
                               snapshots=dict(run.snapshots))
     ph = pretend(worst)
     lr = ucil.choose_lr(ph.net, ph.theta0, cfg, split)[0]
-    want = {e: score(phi, lr) for e, phi in run.snapshots.items()}
+    want = {e: score(phi, lr) for e, phi in run.snapshots.items() if e >= 1}   # phi_0: never
     blind = dataclasses.replace(split, mnist=np.full_like(split.mnist, np.nan),
                                 mnist_labels=np.zeros_like(split.mnist_labels))
     chosen = ucil.choose_epoch(ph, blind, log=lambda *a: None)     # evaluation half unreadable
-    assert chosen == min(want, key=want.get) != worst
+    assert chosen == min(want, key=want.get) != worst and worst >= 1 and 0 not in want
     assert ph.meta["epoch_scores"] == pytest.approx({str(e): v for e, v in want.items()}, rel=1e-5)
     assert ph.meta["deployed_epoch"] == chosen and ph.meta["epoch_lr"] == lr == ph.meta["deploy_lr"]
     assert ph.meta["deployed_epoch_source"] == "mnist-val"
@@ -586,6 +598,14 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
     with Workers(1) as pool:
         assert ucil.choose_epoch(side, split, pool=pool, log=lambda *a: None) == chosen
     assert side.meta["epoch_scores"] == pytest.approx(ph.meta["epoch_scores"], rel=1e-5)
+    # compare deploys the chosen phi at the rate r*, and says so
+    res = ucil.compare(pretend(worst), tmp_path / "cmp", draws=2, quiet=True, workers=0, data=split,
+                       log=lambda *a: None, baselines=False)
+    assert res["phenotype"]["deployed_epoch"] == chosen and res["deploy_lrs"][ucil.NET0]["lr"] == lr
+    net, theta0 = ucil.initial_state(cfg, 0, population=1)
+    net.load_state_dict(run.snapshots[chosen])
+    direct = ucil.deploy(net, theta0, ucil.mnist_sequences(cfg, split, 2), cfg.deploy_steps, lr)
+    assert np.allclose(res["models"][ucil.NET0]["R_mean"], direct["R"].mean(0), rtol=1e-5, atol=1e-7)
     # recorded in the file: reused without deploying anything; "omniglot" goes back to the best
     again = ucil.load_phenotype(ucil.save_phenotype(ph, tmp_path / "chosen.npz"))
     assert _same_phi(again.net.state_dict(), run.snapshots[chosen])
@@ -601,7 +621,12 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
     old = pretend(worst)
     old.snapshots = {}
     assert ucil.choose_epoch(old, split) == worst
-    assert "no meta-epoch snapshots" in capsys.readouterr().out
+    assert "keeps no phi of another meta-epoch" in capsys.readouterr().out
+    # a rate recorded for the epoch that differs from the one deployed: chosen again
+    stale = ucil.load_phenotype(tmp_path / "chosen.npz")
+    stale.meta["epoch_lr"] = 123.0
+    with pytest.raises(AssertionError, match="must not be made again"):
+        ucil.choose_epoch(stale, split)
     monkeypatch.setattr(ucil, "deploy", real)
     # another number of rate sequences: chosen again
     other = ucil.load_phenotype(tmp_path / "chosen.npz")
@@ -622,6 +647,25 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         ucil.main(["run", "--lr-source", "omniglot", "--epoch-source", "mnist-val"])
     assert "needs lr_source 'mnist-val'" in capsys.readouterr().err
+    # `deploy --lr-source omniglot` chooses the epoch on Omniglot too, and says so
+    seen = {}
+    monkeypatch.setattr(ucil, "compare", lambda ph, out, **k: seen.update(
+        lr=ph.cfg.lr_source, epoch=ph.cfg.epoch_source))
+    monkeypatch.setattr(ucil, "_print_verdict", lambda res: None)
+    assert ucil.main(["deploy", "--checkpoint", str(tmp_path / "chosen.npz"), "--quiet",
+                      "--lr-source", "omniglot", "--out", str(tmp_path / "o")]) == 0
+    assert seen == {"lr": "omniglot", "epoch": "omniglot"}
+    assert "chosen on Omniglot too" in capsys.readouterr().out
+    # a file made before epoch_source existed deploys its Omniglot-best epoch, and the note says so
+    small = ucil.ucil_config("small")
+    before = {k: v for k, v in small.to_dict().items() if k != "epoch_source"}
+    net, theta0 = ucil.initial_state(small, 0, population=1)
+    path = save_checkpoint(tmp_path / "before.npz", {f"phi.{k}": v for k, v in net.state_dict().items()},
+                           {"kind": ucil.KIND, "config": before, "seed": 0})
+    note = ucil.load_phenotype(path).meta["note"]
+    assert "made before epoch_source existed" in note and "differs" not in note
+    assert "note" not in ucil.load_phenotype(ucil.SHIPPED_PHENOTYPE).meta or \
+        "differs" not in ucil.load_phenotype(ucil.SHIPPED_PHENOTYPE).meta["note"]
 
 
 def test_choose_lr_side_by_side(data):
@@ -635,6 +679,7 @@ def test_choose_lr_side_by_side(data):
         side = ucil.choose_lr(ph.net, ph.theta0, cfg, data, pool=pool, phi=ph.net.state_dict(), seed=0)
     assert alone[0] == side[0] == 0.03 and list(side[1]) == [0.03, 0.3, 1e6] == list(alone[1])
     assert side[1][0.03] == pytest.approx(alone[1][0.03], rel=1e-5) and side[1][1e6] == float("inf")
+    assert side[1][0.3] == pytest.approx(alone[1][0.3], rel=1e-5)        # scored by the worker
 
 
 def test_cached_data_keeps_the_split_apart(monkeypatch):

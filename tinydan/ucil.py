@@ -216,8 +216,8 @@ class UCILConfig:
             raise ValueError(f"epoch_source must be one of {LR_SOURCES}, got {self.epoch_source!r}")
         if self.epoch_source == "mnist-val" and self.lr_source != "mnist-val":
             raise ValueError("epoch_source 'mnist-val' chooses the meta-epoch on the sequences the "
-                             "rates are chosen on: it needs lr_source 'mnist-val' too (or use "
-                             "epoch_source 'omniglot')")
+                             "rates are chosen on: it needs lr_source 'mnist-val' too (--lr-source "
+                             "mnist-val, or --epoch-source omniglot)")
         if not 0.0 <= self.thick_strokes <= 1.0:
             raise ValueError(f"thick_strokes is a probability in [0, 1], got {self.thick_strokes}")
         for name in ("inner_lr", "meta_lr", "meta_lr_decay"):
@@ -537,7 +537,8 @@ class Phenotype:
     seed: int
     meta: dict = field(default_factory=dict)
     # {meta-epoch: phi} of the validated snapshots of meta-training (epoch_source "mnist-val"
-    # chooses among them, ``choose_epoch``); empty once the epoch is chosen or for older files
+    # chooses among those of epochs >= 1, ``choose_epoch``; kept after the choice, so that another
+    # source can choose again); empty for files made before tinydan kept them
     snapshots: dict = field(default_factory=dict)
 
 
@@ -830,7 +831,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     fingerprint = _theta_fingerprint(trainer.theta0)
     val_hist: list = []
     best = {"val": float("inf"), "epoch": 0, "phi": trainer.net.state_dict()}
-    snapshots: dict = {}                      # meta-epoch (>= 1) -> its validated phi (choose_epoch)
+    snapshots: dict = {}                      # meta-epoch -> its validated phi (choose_epoch)
     elapsed0 = 0.0
     resubmit: list = []
     if resume and ckpt.exists():
@@ -845,6 +846,12 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
         best = {"val": meta.get("best_val", float("inf")), "epoch": meta.get("best_epoch", 0),
                 "phi": {k[9:]: v for k, v in arrays.items() if k.startswith("best.phi.")}}
         snapshots.update(_snapshots_from(arrays))
+        if best["phi"]:
+            snapshots.setdefault(best["epoch"], best["phi"])
+        lost = sorted({int(e) for e, _ in val_hist} - set(snapshots) - {0})
+        if lost:
+            log(f"note: {ckpt} keeps no phi of meta-epoch(s) {lost} (made before tinydan kept "
+                "them): the meta-epoch to deploy is chosen among the others")
         elapsed0 = float(meta.get("meta_train_seconds", 0.0))
         screen = {k: meta.get(k, v) for k, v in screen.items()}
         recorded = int(meta.get("processes", 1))
@@ -883,8 +890,7 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
         val_hist.sort(key=lambda ev: ev[0])
         if v < best["val"] or (v == best["val"] and epoch < best["epoch"]):
             best = {"val": v, "epoch": epoch, "phi": phi}
-        if epoch > 0:
-            snapshots[epoch] = phi
+        snapshots[epoch] = phi
 
     steps_per_epoch = cfg.n_classes * cfg.inner_steps
     trainer.start()         # fork the population's workers before the bar and the pool have threads
@@ -960,7 +966,7 @@ def save_phenotype(ph: Phenotype, path, results: dict | None = None) -> Path:
                                        "deploy_lr_source", "deploy_lr_sequences", "phi0_screen",
                                        "phi0_screen_seconds", "processes", "deployed_epoch",
                                        "deployed_epoch_source", "epoch_scores", "epoch_lr",
-                                       "epoch_lr_sequences")
+                                       "epoch_lr_sequences", "epoch_choice_seconds")
                if k in ph.meta}}
     if results is not None:
         meta["results"] = {
@@ -978,7 +984,8 @@ def save_phenotype(ph: Phenotype, path, results: dict | None = None) -> Path:
 
 
 def load_phenotype(path, cfg: UCILConfig | None = None) -> Phenotype:
-    """The best phi of a checkpoint or phenotype file, with theta_0 regenerated from its seed.
+    """The phi a file deploys (a checkpoint's best on Omniglot validation; a phenotype file's
+    deployed meta-epoch, ``choose_epoch``) and its snapshots, with theta_0 regenerated from its seed.
 
     Refused with a clear message when the file is not a UCIL checkpoint, or was made for another
     config than ``cfg`` (when given).
@@ -1004,8 +1011,14 @@ def load_phenotype(path, cfg: UCILConfig | None = None) -> Phenotype:
         raise CheckpointError(f"{path}: theta_0 regenerated from seed {seed} does not match the one "
                               "the phenotype was trained with (made by another tinydan version?)")
     meta = dict(meta)
-    if named is not None and named != file_cfg:
+    # fields that only say how a phenotype is deployed, added later: a file without one was made
+    # before it existed (its default value is how the file deploys)
+    later = [k for k in ("epoch_source",) if k not in meta.get("config", {})]
+    if named is not None and named.replace(**{k: getattr(file_cfg, k) for k in later}) != file_cfg:
         meta["note"] = f"config differs from the current {file_cfg.name!r} preset"
+    elif named is not None and named != file_cfg:
+        meta["note"] = (f"made before {', '.join(later)} existed: deploys its best meta-epoch on "
+                        "Omniglot validation")
     return Phenotype(file_cfg, net, theta0, seed, meta, snapshots=_snapshots_from(arrays))
 
 
@@ -1057,7 +1070,7 @@ def choose_lr(model, theta0: dict, cfg: UCILConfig, data: UCILData,
     ``known`` {lr: score}: scores already measured on these sequences with this protocol
     (``validate`` at cfg.inner_lr during meta-training): used as they are, not rerun. ``pool`` (an
     idle ``Workers``) with the DAN network's ``phi`` and ``seed``: rates are scored in the pool and
-    here side by side, the same scores as one after another."""
+    here side by side, the same scores as one after another up to rounding."""
     seqs = rate_sequences(cfg, data)
     lrs = sorted(cfg.ae_lrs)
     known = {float(k): float(v) for k, v in (known or {}).items()}
@@ -1169,32 +1182,35 @@ def choose_epoch(ph: Phenotype, data: UCILData | None = None, pool=None, log=pri
     ``rate_sequences`` (MNIST's validation half; ties go to the Omniglot-best); the evaluation half
     is never used. Deployed at r*. Recorded in ph.meta: deployed_epoch, deployed_epoch_source, epoch_scores
     {epoch: score}, epoch_lr; a choice already recorded the same way is kept. ``pool`` (an idle
-    ``Workers``): snapshots are scored in it and here side by side."""
+    ``Workers``): snapshots are scored in it and here side by side (the same scores up to
+    rounding)."""
     cfg, meta = ph.cfg, ph.meta
     best = int(meta.get("best_epoch", 0))
     current = int(meta.get("deployed_epoch", best))
     if cfg.epoch_source == "mnist-val" and meta.get("deployed_epoch_source") == "mnist-val" \
             and meta.get("epoch_lr_sequences") == cfg.lr_sequences \
-            and (_recorded_rate_fits(ph) if cfg.tune_deploy_lr else meta.get("epoch_lr") == cfg.inner_lr):
+            and meta.get("epoch_lr") == (meta.get("deploy_lr") if cfg.tune_deploy_lr else cfg.inner_lr) \
+            and (_recorded_rate_fits(ph) or not cfg.tune_deploy_lr):
         return current                                  # chosen already, this way
     if current != best:                                 # the file holds another epoch's phi
         if best not in ph.snapshots:
             raise CheckpointError(f"{meta.get('path', 'the phenotype')}: it deploys meta-epoch "
                                   f"{current} and has no snapshot of meta-epoch {best} to go back to")
         ph.net.load_state_dict(ph.snapshots[best])
-    for k in ("epoch_scores", "epoch_lr", "epoch_lr_sequences"):
+    for k in ("epoch_scores", "epoch_lr", "epoch_lr_sequences", "epoch_choice_seconds"):
         meta.pop(k, None)
     meta.update(deployed_epoch=best, deployed_epoch_source="omniglot")
     if cfg.epoch_source == "omniglot":
         return best
-    if not ph.snapshots:
-        log("note: no meta-epoch snapshots in this file (made before tinydan kept them): "
-            f"deploying the best meta-epoch on Omniglot, {best}")
+    candidates = {e: phi for e, phi in ph.snapshots.items() if e >= 1 and e != best}
+    if not candidates:
+        log("note: this file keeps no phi of another meta-epoch (made before tinydan kept them, "
+            f"or validated once): deploying the best meta-epoch on Omniglot, {best}")
         return best
+    t0 = time.perf_counter()
     data = _cached_data(cfg, mnist=False, rates=True) if data is None else data
     seqs = rate_sequences(cfg, data)
     lr, scores = deploy_lr(ph, data, pool)              # r*, chosen for the Omniglot-best phi
-    candidates = {e: phi for e, phi in ph.snapshots.items() if e != best}
     log(f"choosing the meta-epoch to deploy on {lr_source_text(cfg)} at lr {lr}: epochs "
         + ", ".join(str(e) for e in sorted([best, *candidates])))
     got = {best: float(scores[str(lr)]) if scores and str(lr) in scores
@@ -1209,11 +1225,12 @@ def choose_epoch(ph: Phenotype, data: UCILData | None = None, pool=None, log=pri
         got[e] = _final_score(net, theta0, cfg, seqs, lr)
     got.update({e: f.result() for e, f in futures.items()})
     chosen = min(sorted(got), key=lambda e: (got[e], e != best))
-    if chosen != best:
+    if chosen != best:                                  # (ph.net holds the best's phi)
         ph.net.load_state_dict(ph.snapshots[chosen])
     meta.update(deployed_epoch=chosen, deployed_epoch_source="mnist-val", epoch_lr=lr,
                 epoch_lr_sequences=cfg.lr_sequences,
-                epoch_scores={str(e): got[e] for e in sorted(got)})
+                epoch_scores={str(e): got[e] for e in sorted(got)},
+                epoch_choice_seconds=time.perf_counter() - t0)      # the rate's choice included
     log("meta-epoch scores: " + ", ".join(f"{e}: {got[e]:.4f}" for e in sorted(got))
         + f" -> deploying meta-epoch {chosen}")
     return chosen
@@ -1393,7 +1410,8 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
         "versions": _versions(), "draws": draws, "evaluation_seed": EVAL_SEED,
         "phenotype": {k: ph.meta.get(k) for k in ("source", "path", "best_epoch", "best_val",
                                                  "deployed_epoch", "deployed_epoch_source", "epoch_scores",
-                                                 "epoch_lr", "meta_train_seconds", "command",
+                                                 "epoch_lr", "epoch_choice_seconds",
+                                                 "meta_train_seconds", "command",
                                                  "phi0_candidate", "phi0_screen") if k in ph.meta},
         "protocol": f"MNIST test digits{half} 0..9 in order, {cfg.shots} images each, {steps} "
                     f"SGD steps (net0 lr {lr}) per digit on the synapses, phi fixed; R[i, j] = "
@@ -1743,9 +1761,17 @@ def _config_from_args(a) -> UCILConfig:
                             ("phi_candidates", getattr(a, "phi_candidates", None))):
         if arg is not None:
             over[field_name] = arg
-    if over.get("lr_source") == "omniglot" and "epoch_source" not in over:
-        over["epoch_source"] = "omniglot"           # the epoch is chosen where the rates are
-    return ucil_config(a.config, **over)
+    return ucil_config(a.config, **_follow_lr_source(over, UCIL_CONFIGS[a.config].epoch_source))
+
+
+def _follow_lr_source(changes: dict, epoch_source: str) -> dict:
+    """``changes`` with epoch_source "omniglot" added when they make lr_source "omniglot" and leave
+    an epoch_source "mnist-val" (which needs lr_source "mnist-val"): the epoch is chosen where the
+    rates are."""
+    if changes.get("lr_source") == "omniglot" and "epoch_source" not in changes \
+            and epoch_source == "mnist-val":
+        return {**changes, "epoch_source": "omniglot"}
+    return changes
 
 
 def main(argv=None) -> int:
@@ -1779,18 +1805,17 @@ def main(argv=None) -> int:
                 ph.cfg = ph.cfg.replace(tune_deploy_lr=a.tune_deploy_lr)
                 ph.meta.pop("deploy_lr", None)         # a recorded rate belongs to the other setting
                 ph.meta.pop("deploy_lr_scores", None)
-            changes = {k: v for k, v in (("lr_source", a.lr_source), ("epoch_source", a.epoch_source))
-                       if v is not None}               # deploy_lr / choose_epoch choose again
-            if changes.get("lr_source") == "omniglot" and "epoch_source" not in changes \
-                    and ph.cfg.epoch_source == "mnist-val":
-                changes["epoch_source"] = "omniglot"
+            asked = {k: v for k, v in (("lr_source", a.lr_source), ("epoch_source", a.epoch_source))
+                     if v is not None}                 # deploy_lr / choose_epoch choose again
+            changes = _follow_lr_source(asked, ph.cfg.epoch_source)
+            if changes != asked:
                 print("note: --lr-source omniglot: the meta-epoch is chosen on Omniglot too")
             try:
                 ph.cfg = ph.cfg.replace(**changes)
             except ValueError as e:
                 parser.error(str(e))
-            print(f"deploying phenotype {path} (config {ph.cfg.name!r}, seed {ph.seed}, meta-epoch "
-                  f"{ph.meta.get('deployed_epoch', ph.meta.get('best_epoch', '?'))}); writing to {out}")
+            print(f"deploying phenotype {path} (config {ph.cfg.name!r}, seed {ph.seed}); "
+                  f"writing to {out}")
             draws = a.draws or DEPLOY_DRAWS
             res = compare(ph, out, draws=draws, quiet=a.quiet, argv=typed, baselines=a.baselines)
             _print_verdict(res)
@@ -1829,6 +1854,11 @@ def _print_verdict(res: dict) -> None:
     line = ", ".join(f"{name} {format_ci(m[name]['final']['mean'], m[name]['final']['ci'])}"
                      if name in m else f"{name} diverged" for name in deployed)
     print(f"\nfinal MSE over all 10 digits (mean ± 95% CI over {res['draws']} draws): {line}")
+    p = res.get("phenotype", {})
+    if "deployed_epoch" in p:
+        how = ("on MNIST's validation half" if p.get("deployed_epoch_source") == "mnist-val"
+               else "on Omniglot validation")
+        print(f"net0 deployed meta-epoch {p['deployed_epoch']} (chosen {how})")
     if len(deployed) > 1:
         print(f"net0 lowest: {c['net0_lowest']}; CI overlaps: random DANs "
               f"{c['net0_vs_random_ci_overlap']}, plain autoencoder {c['net0_vs_plain_ci_overlap']}")
