@@ -767,8 +767,12 @@ def test_shipped_phenotype_loads_and_deploys(data):
     assert ucil.SHIPPED_PHENOTYPE.exists(), "tinydan/phenotypes/ucil_small.npz is missing"
     assert ucil.SHIPPED_PHENOTYPE.stat().st_size < 1_000_000
     ph = ucil.load_phenotype(ucil.SHIPPED_PHENOTYPE, ucil.ucil_config("small"))
-    assert ph.cfg.name == "small" and "command" in ph.meta
-    seqs = ucil.mnist_sequences(ph.cfg.replace(lr_source="omniglot"), data, 1)[:, :2]  # it runs
+    assert ph.cfg.name == "small" and "command" in ph.meta and "note" not in ph.meta
+    # the rate and meta-epoch are recorded: `python -m tinydan.ucil deploy` chooses nothing again
+    assert ph.meta["deployed_epoch_source"] == "mnist-val" and ucil._recorded_rate_fits(ph)
+    assert ph.meta["deployed_epoch"] in ph.snapshots and ph.meta["epoch_lr"] == ph.meta["deploy_lr"]
+    seqs = ucil.mnist_sequences(ph.cfg.replace(lr_source="omniglot", epoch_source="omniglot"), data,
+                                1)[:, :2]                                        # it runs
     out = ucil.deploy(ph.net, ph.theta0, seqs, 2, ph.cfg.inner_lr, snapshots=[(0, 1)])
     assert out["R"].shape == (1, 2, 2) and np.all(np.isfinite(out["R"]))
     assert out["recon"][(0, 1)].shape == (2, ph.cfg.shots, ph.cfg.image_side ** 2)
