@@ -188,7 +188,7 @@ plt.show()
 # ## 3. Deployment with phi fixed
 #
 # The phenotype to deploy: `python -m tinydan.ucil` meta-trains the `small` config on Omniglot
-# (about 18.5 minutes with the baselines) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
+# (about 23 minutes with the baselines) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
 # there we load it and print where it came from. If it is not, this cell says so and meta-trains
 # for a few seconds instead (a handful of meta-steps on short Omniglot sequences): that shows the
 # machinery, not a useful phenotype, so expect it to behave like the random DANs.
@@ -197,7 +197,8 @@ plt.show()
 if ucil.SHIPPED_PHENOTYPE.exists():
     ph = ucil.load_phenotype(ucil.SHIPPED_PHENOTYPE)
     print(f"loaded {ucil.SHIPPED_PHENOTYPE.name}: config {ph.cfg.name!r}, seed {ph.seed}")
-    for key in ("command", "best_epoch", "best_val", "meta_train_seconds", "note"):
+    for key in ("command", "best_epoch", "best_val", "deployed_epoch", "epoch_lr",
+                "meta_train_seconds", "note"):
         if key in ph.meta:
             print(f"  {key}: {ph.meta[key]}")
     net0_name = "net0 (meta-learned DANs)"
@@ -205,7 +206,7 @@ else:
     print(f"NOTE: {ucil.SHIPPED_PHENOTYPE} does not exist (no meta-trained phenotype was shipped "
           "with this copy of tinydan).\nMeta-training the `small` model for a few seconds instead "
           "(3 classes x 2 steps per sequence, 2 meta-epochs): an illustration of the machinery,\n"
-          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (~18.5 min).")
+          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (~23 min).")
     quick = cfg.replace(n_classes=3, inner_steps=2, meta_batch=10, population=2, meta_lr=3e-3)
     trainer = ucil.new_trainer(quick, 0, data)
     t = time.perf_counter()
@@ -217,6 +218,33 @@ else:
                         0, {"source": "a few seconds of meta-training in lesson 6"})
     net0_name = "net0 (a few meta-steps)"
 print(f"deploying phenotype: {ph.meta.get('source', ph.meta.get('command', '?'))}")
+
+# %% [markdown]
+# **Which meta-epoch?** Meta-training keeps phi after every validation (`ph.snapshots`), and which
+# one to deploy is a model-selection question. Held-out Omniglot characters score each snapshot
+# (`val_history`, at the meta-training rate), but the task is MNIST, and the snapshot that learns
+# Omniglot best is not always the one that transfers best. `small` therefore deploys every
+# snapshot on the same 10 sequences of MNIST's *validation* half that choose the learning rates,
+# at the rate chosen for the Omniglot-best one, and keeps the lowest (`ucil.choose_epoch`,
+# `epoch_source="mnist-val"`); the reported draws come from the other half. The plot puts the two
+# scores side by side for the phenotype loaded above.
+
+# %%
+val_hist = dict((int(e), v) for e, v in ph.meta.get("val_history", []))
+mnist_val = {int(e): v for e, v in (ph.meta.get("epoch_scores") or {}).items()}
+if mnist_val:
+    epochs = sorted(mnist_val)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(epochs, [val_hist[e] for e in epochs], "o-", label="Omniglot validation (lr = inner_lr)")
+    ax.plot(epochs, [mnist_val[e] for e in epochs], "s-",
+            label=f"MNIST validation half (lr = {ph.meta['epoch_lr']})")
+    ax.axvline(ph.meta["deployed_epoch"], color="k", ls=":", lw=1, label="deployed")
+    ax.set_xlabel("meta-epoch"); ax.set_ylabel("final MSE, all classes"); ax.legend(fontsize=8)
+    ax.set_title("model selection: which snapshot of phi to deploy")
+    plt.show()
+else:
+    print("this phenotype records no per-epoch MNIST scores (epoch chosen on Omniglot); "
+          f"Omniglot validation per meta-epoch: {val_hist}")
 
 # %% [markdown]
 # `ucil.deploy(model, theta0, images, steps, lr, ...)` learns the classes of `images`
