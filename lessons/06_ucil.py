@@ -11,8 +11,8 @@
 #   per class, never going back; meta-trained on Omniglot characters, deployed on MNIST digits it
 #   has never seen;
 # - the data as tinydan loads it (`tinydan.ucil.load_data`): Omniglot characters downsampled to
-#   28x28 by area averaging with ink = 1, the MNIST test digits (two fixed halves: one chooses
-#   learning rates, the other is deployed on), and the task sequences
+#   28x28 by area averaging with ink = 1, the MNIST test digits (two fixed halves: one chooses the
+#   learning rates and the meta-epoch, the other is deployed on), and the task sequences
 #   (`ClassSequences`) that Algorithm 1 consumes;
 # - the model of SPEC section 4: an **input DAN layer** (two 3x3 convolutions), then layers of
 #   **convolutional DANs** that read their C inputs as a small sqrt(C) x sqrt(C) image, one
