@@ -75,8 +75,8 @@ for SGD on the synapses to learn (seed 1's own phi_0 never left the plateau: val
 MNIST 0.082), so `small` meta-trains the best of 4 phi_0 candidates on Omniglot screening
 sequences (``screen_phi0``; seed 0 keeps its own).
 With it every seed learns (net0 0.40-0.55 of its random DANs' loss over seeds 0-4); with the
-previous 4-epoch default seeds 0-4 gave 0.0244, 0.0332, 0.0233, 0.0256, 0.0227, never below the plain autoencoder
-with CIs apart. Runs
+previous 4-epoch default seeds 0-4 gave 0.0244, 0.0332, 0.0233, 0.0256, 0.0227, never below the
+plain autoencoder with CIs apart. Runs
 are sensitive to float rounding: with the same meta-gradients up to rounding (the population in
 one process) seed 2 ended at 0.0224 and seed 1 at 0.0296 (README, UCIL).
 Earlier, with 40/20/40 DANs and thin strokes: net0 0.039, plain AE 0.0225; continuing that run
@@ -1187,17 +1187,17 @@ def choose_epoch(ph: Phenotype, data: UCILData | None = None, pool=None, log=pri
     "omniglot": the best meta-epoch on Omniglot validation (``best_epoch``). "mnist-val": with r* =
     ``deploy_lr`` of the Omniglot-best phi, argmin_e mean final MSE of snapshot e deployed at r* on
     ``rate_sequences`` (MNIST's validation half; ties go to the Omniglot-best); the evaluation half
-    is never used. Deployed at r*. Recorded in ph.meta: deployed_epoch, deployed_epoch_source, epoch_scores
-    {epoch: score}, epoch_lr; a choice already recorded the same way is kept. ``pool`` (an idle
+    is never used. Deployed at r*. Recorded in ph.meta: deployed_epoch, deployed_epoch_source,
+    epoch_scores {epoch: score}, epoch_lr; a choice already recorded the same way is kept. ``pool`` (an idle
     ``Workers``): snapshots are scored in it and here side by side (the same scores up to
     rounding)."""
     cfg, meta = ph.cfg, ph.meta
     best = int(meta.get("best_epoch", 0))
     current = int(meta.get("deployed_epoch", best))
-    if cfg.epoch_source == "mnist-val" and meta.get("deployed_epoch_source") == "mnist-val" \
-            and meta.get("epoch_lr_sequences") == cfg.lr_sequences \
-            and meta.get("epoch_lr") == (meta.get("deploy_lr") if cfg.tune_deploy_lr else cfg.inner_lr) \
-            and (_recorded_rate_fits(ph) or not cfg.tune_deploy_lr):
+    rate_now = meta.get("deploy_lr") if cfg.tune_deploy_lr else cfg.inner_lr
+    if (cfg.epoch_source == "mnist-val" and meta.get("deployed_epoch_source") == "mnist-val"
+            and meta.get("epoch_lr_sequences") == cfg.lr_sequences and meta.get("epoch_lr") == rate_now
+            and (not cfg.tune_deploy_lr or _recorded_rate_fits(ph))):
         return current                                  # chosen already, this way
     if current != best:                                 # the file holds another epoch's phi
         if best not in ph.snapshots:
@@ -1416,8 +1416,8 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
         "experiment": "ucil", "command": _command(argv), "config": cfg.to_dict(), "seed": ph.seed,
         "versions": _versions(), "draws": draws, "evaluation_seed": EVAL_SEED,
         "phenotype": {k: ph.meta.get(k) for k in ("source", "path", "best_epoch", "best_val",
-                                                 "deployed_epoch", "deployed_epoch_source", "epoch_scores",
-                                                 "epoch_lr", "epoch_choice_seconds",
+                                                 "deployed_epoch", "deployed_epoch_source",
+                                                 "epoch_scores", "epoch_lr", "epoch_choice_seconds",
                                                  "meta_train_seconds", "command",
                                                  "phi0_candidate", "phi0_screen") if k in ph.meta},
         "protocol": f"MNIST test digits{half} 0..9 in order, {cfg.shots} images each, {steps} "
