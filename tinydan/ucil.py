@@ -650,9 +650,16 @@ def _validate_job(cfg_dict: dict, phi: dict, seed: int, part=None) -> float:
 def _validate_snapshot(cfg_dict: dict, phi: dict, seed: int, part=None) -> float:
     """validate() for a phi snapshot (theta_0 regenerated from the seed)."""
     cfg = UCILConfig.from_dict(cfg_dict)
+    net, theta0 = _snapshot_net(cfg, phi, seed)
+    return validate(net, theta0, cfg, _cached_data(cfg, mnist=False), part=part)
+
+
+def _snapshot_net(cfg: UCILConfig, phi: dict, seed: int):
+    """(net, theta_0): the network with ``phi`` loaded and one member's theta_0 regenerated from
+    the seed: a phi snapshot made deployable."""
     net, theta0 = initial_state(cfg, seed, population=1)
     net.load_state_dict(phi)
-    return validate(net, theta0, cfg, _cached_data(cfg, mnist=False), part=part)
+    return net, theta0
 
 
 class _ValidationQueue:
@@ -1169,9 +1176,7 @@ def _score_job(cfg_dict: dict, phi: dict, seqs: np.ndarray, seed: int, lr: float
     from .parallel import set_blas_threads
     set_blas_threads(1)
     cfg = UCILConfig.from_dict(cfg_dict)
-    net, theta0 = initial_state(cfg, seed, population=1)
-    net.load_state_dict(phi)
-    return _final_score(net, theta0, cfg, seqs, lr)
+    return _final_score(*_snapshot_net(cfg, phi, seed), cfg, seqs, lr)
 
 
 def _final_score(net, theta0: dict, cfg: UCILConfig, seqs: np.ndarray, lr: float) -> float:
@@ -1277,8 +1282,7 @@ def _phenotype_job(cfg_dict: dict, phi: dict, seqs: np.ndarray, seed: int, lr: f
     from .parallel import set_blas_threads
     set_blas_threads(1)
     cfg = UCILConfig.from_dict(cfg_dict)
-    net, theta0 = initial_state(cfg, seed, population=1)
-    net.load_state_dict(phi)
+    net, theta0 = _snapshot_net(cfg, phi, seed)
     kw = {**_deploy_kwargs(cfg), "snapshots": ()}
     with np.errstate(all="ignore"):
         return deploy(net, theta0, seqs, cfg.deploy_steps, lr, **kw)
