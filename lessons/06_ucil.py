@@ -188,7 +188,7 @@ plt.show()
 # ## 3. Deployment with phi fixed
 #
 # The phenotype to deploy: `python -m tinydan.ucil` meta-trains the `small` config on Omniglot
-# (about 23 minutes with the baselines) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
+# (12-23 minutes with the baselines, by machine) and tinydan ships the result as `ucil.SHIPPED_PHENOTYPE`. If that file is
 # there we load it and print where it came from. If it is not, this cell says so and meta-trains
 # for a few seconds instead (a handful of meta-steps on short Omniglot sequences): that shows the
 # machinery, not a useful phenotype, so expect it to behave like the random DANs.
@@ -206,7 +206,7 @@ else:
     print(f"NOTE: {ucil.SHIPPED_PHENOTYPE} does not exist (no meta-trained phenotype was shipped "
           "with this copy of tinydan).\nMeta-training the `small` model for a few seconds instead "
           "(3 classes x 2 steps per sequence, 2 meta-epochs): an illustration of the machinery,\n"
-          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (~23 min).")
+          "NOT a trained phenotype; run `python -m tinydan.ucil` for a real one (12-23 min).")
     quick = cfg.replace(n_classes=3, inner_steps=2, meta_batch=10, population=2, meta_lr=3e-3)
     trainer = ucil.new_trainer(quick, 0, data)
     t = time.perf_counter()
@@ -260,7 +260,7 @@ else:
 # by one rule, `ucil.choose_lr`, on sequences from a fixed validation half of MNIST's test set; the
 # images you deploy on here come from the other half, as every reported result does), else the
 # meta-training rate.
-# The random DANs are the phi_0 that meta-training started from. (`small` draws 4 candidates for
+# The random DANs are the phi_0 that meta-training started from. (`small` draws 8 candidates for
 # phi_0 and starts from the one whose network learns two Omniglot training sequences best with phi
 # fixed, `ucil.screen_phi0`: most random draws pass too little signal at theta_0 for SGD on the
 # synapses to learn, and then meta-training has nothing to improve. The phenotype file records

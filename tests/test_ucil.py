@@ -784,7 +784,7 @@ def test_cli_config_flags():
     assert paperlike.tune_deploy_lr is False and paperlike.thick_strokes == 0.0
     default = ucil._config_from_args(parse(["run"]))
     assert default == ucil.ucil_config("small") and default.tune_deploy_lr and default.thick_strokes == 0.5
-    assert default.phi_candidates == 4
+    assert default.phi_candidates == 8
     assert ucil._config_from_args(parse(["meta-train", "--phi-candidates", "1"])).phi_candidates == 1
     assert ucil._config_from_args(parse(["run", "--meta-lr-decay", "0.5"])).meta_lr_decay == 0.5
     assert default.meta_lr_decay == 0.7 and ucil.ucil_config("paper").meta_lr_decay == 1.0
