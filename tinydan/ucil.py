@@ -1,7 +1,7 @@
 """Unsupervised class-incremental learning, UCIL (paper 3.2, 4.2, 6.2): meta-train DANs on Omniglot,
 deploy them on MNIST, compare.
 
-    python -m tinydan.ucil                       # meta-train `small` (~10 min), deploy, compare (~13)
+    python -m tinydan.ucil                       # meta-train `small` (5-10 min), compare (7-13)
     python -m tinydan.ucil --meta-lr-decay 1     # ... with phi's rate constant
     python -m tinydan.ucil meta-train --config small --meta-grad one_step --out runs/os
     python -m tinydan.ucil meta-train --out runs/os --resume --epochs 20   # continue a run
@@ -69,10 +69,10 @@ previous 4 epochs halving it, which left seed 0 level with the plain autoencoder
 before it was run). With 8 phi_0 candidates (adopted by a rule on Omniglot validation fixed before
 the runs; seeds 1 and 4 start elsewhere than with 4) over seeds 0-4 it deploys epochs 6, 8, 4, 8,
 8, and net0 gives 0.0192, 0.0247, 0.0228, 0.0224, 0.0259 against the plain autoencoder's 0.0245,
-0.0245, 0.0234, 0.0247, 0.0242: below it with CIs apart for seeds 0 and 3, level for seeds 1, 2 and 4
-(seed 4 with the higher mean); mean 0.0230 against 0.0243 (with 4 candidates: 0.0192, 0.0276, 0.0228, 0.0224,
-0.0206, mean 0.0225; README, UCIL). The criterion fixed beforehand for a seed-robust result, 4 of 5
-seeds, is not met.
+0.0245, 0.0234, 0.0247, 0.0242: below it with CIs apart for seeds 0 and 3, level for seeds 1, 2
+and 4 (seed 4 with the higher mean); mean 0.0230 against 0.0243 (with 4 candidates: 0.0192, 0.0276,
+0.0228, 0.0224, 0.0206, mean 0.0225; README, UCIL). The criterion fixed beforehand for a
+seed-robust result, 4 of 5 seeds, is not met.
 The result depends on phi_0: most draws pass too little signal through the network at theta_0
 for SGD on the synapses to learn (seed 1's own phi_0 never left the plateau: validation 0.071,
 MNIST 0.082), so `small` meta-trains the best of 8 phi_0 candidates on Omniglot screening
