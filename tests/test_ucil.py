@@ -744,6 +744,97 @@ def test_phi0_screening(tmp_path, data, monkeypatch):
     assert res["phenotype"]["phi0_candidate"] == 2
 
 
+def _race(cfg, out, data, screen_scores, monkeypatch, resume=False):
+    monkeypatch.setattr(ucil, "_screen_score", lambda c, seed, k, s: screen_scores[k])
+    return ucil.meta_train(cfg, 0, out, resume=resume, quiet=True, workers=0, data=data,
+                           log=lambda *a: None, processes=1)
+
+
+def test_race_of_starts(tmp_path, data, monkeypatch):
+    """start_candidates = 2: the two best-screened phi_0 candidates are meta-trained start_epochs
+    each; the one with the lower Omniglot validation at start_epochs goes on, whatever its screen
+    rank, and the run is, bit for bit, that candidate's own run; the race is recorded, survives
+    --resume and is not run again."""
+    cfg = ucil.ucil_config("tiny", phi_candidates=3, start_candidates=2, start_epochs=1,
+                           meta_epochs=2)
+    runs = {}
+    for name, scores in (("a", [0.1, 0.3, 0.2]), ("b", [0.2, 0.3, 0.1])):   # ranks [0, 2], [2, 0]
+        runs[name] = ph = _race(cfg, tmp_path / name, data, scores, monkeypatch)
+        order = [0, 2] if name == "a" else [2, 0]
+        assert [k for k, _ in ph.meta["phi0_starts"]] == order
+        # each start's score is the validation of its own phi after start_epochs, measured afresh
+        for k, v in ph.meta["phi0_starts"]:
+            arrays, meta = load_checkpoint(tmp_path / name / "starts" / f"phi0-{k}" / "checkpoint.npz")
+            assert meta["epoch"] == 1 and meta["phi0_candidate"] == k
+            net, theta0 = ucil.initial_state(cfg, 0, population=1)
+            net.load_state_dict({n[4:]: a for n, a in arrays.items() if n.startswith("phi.")})
+            assert v == pytest.approx(ucil.validate(net, theta0, cfg, data), rel=1e-6)
+        vals = dict(ph.meta["phi0_starts"])
+        assert vals[0] != vals[2]
+        assert ph.meta["phi0_candidate"] == min(vals, key=vals.get)
+        assert ph.meta["phi0_start_epochs"] == 1 and ph.meta["phi0_screen"] == scores
+        assert [e for e, _ in ph.meta["val_history"]] == [0, 1, 2]
+    winner = runs["a"].meta["phi0_candidate"]
+    assert runs["b"].meta["phi0_candidate"] == winner     # chosen by validation, not screen rank
+    # the run equals the winner's own straight run of meta_epochs (no race), array for array
+    straight = _race(cfg.replace(start_candidates=1), tmp_path / "straight", data,
+                     [0.1 if k == winner else 0.5 for k in range(3)], monkeypatch)
+    assert straight.meta["phi0_candidate"] == winner
+    for name in ("a", "b"):
+        assert runs[name].meta["val_history"] == straight.meta["val_history"]
+        for k, v in straight.net.state_dict().items():
+            assert np.array_equal(runs[name].net.state_dict()[k], v), k
+        assert sorted(runs[name].snapshots) == sorted(straight.snapshots) == [0, 1, 2]
+    saved = ucil.load_phenotype(ucil.save_phenotype(runs["a"], tmp_path / "ph.npz"))
+    assert saved.meta["phi0_starts"] == runs["a"].meta["phi0_starts"]
+    # --resume: a finished race is not run again; neither is a finished start when the copy of the
+    # winner was lost; the record survives a resume of OUT's own checkpoint
+    epochs = []
+    real = ucil.MetaTrainer.run_epoch
+    monkeypatch.setattr(ucil.MetaTrainer, "run_epoch",
+                        lambda self, *a, **k: (epochs.append(self.epoch), real(self, *a, **k))[1])
+    (tmp_path / "a" / "checkpoint.npz").unlink()
+    again = _race(cfg, tmp_path / "a", data, [0.1, 0.3, 0.2], monkeypatch, resume=True)
+    assert epochs == [1]                                     # the winner's second epoch only
+    assert again.meta["phi0_starts"] == runs["a"].meta["phi0_starts"]
+    assert again.meta["val_history"] == runs["a"].meta["val_history"]
+    more = _race(cfg.replace(meta_epochs=3), tmp_path / "a", data, [0.1, 0.3, 0.2], monkeypatch,
+                 resume=True)
+    assert epochs == [1, 2] and more.meta["phi0_starts"] == runs["a"].meta["phi0_starts"]
+    with pytest.raises(ucil.CheckpointError, match="--start-candidates 2"):
+        _race(cfg.replace(meta_epochs=4, start_candidates=1), tmp_path / "a", data,
+              [0.1, 0.3, 0.2], monkeypatch, resume=True)
+
+
+def test_race_config_errors():
+    with pytest.raises(ValueError, match="--phi-candidates"):
+        ucil.ucil_config("tiny", phi_candidates=2, start_candidates=3)
+    with pytest.raises(ValueError, match="more than meta_epochs 2"):
+        ucil.ucil_config("tiny", phi_candidates=2, start_candidates=2, start_epochs=3)
+    with pytest.raises(ValueError, match="start_epochs must be >= 1"):
+        ucil.ucil_config("tiny", start_epochs=0)
+    parse = ucil.build_parser().parse_args
+    cfg = ucil._config_from_args(parse(["meta-train", "--start-candidates", "3", "--start-epochs",
+                                        "2"]))
+    assert cfg.start_candidates == 3 and cfg.start_epochs == 2
+
+
+def test_one_blas_thread_restores_the_counts():
+    """A job this process takes over from the pool runs with the pool's one BLAS thread."""
+    from tinydan.parallel import blas_threads, one_blas_thread, set_blas_threads
+    if not blas_threads():
+        pytest.skip("no OpenBLAS found to set threads on")
+    before = dict(blas_threads())
+    try:
+        set_blas_threads(2)
+        with one_blas_thread():
+            assert all(n == 1 for _, n in blas_threads())
+        assert all(n == 2 for _, n in blas_threads())
+    finally:
+        for n in set(before.values()):
+            set_blas_threads(n)
+
+
 def test_in_place_sgd_step_on_the_ucil_net(data):
     """sgd_step_ on the UCIL autoencoder (input DAN layer, two skips) takes deploy_step's step; NumPy
     synapses are copied, not overwritten; synapses the network does not use are an error."""

@@ -10,6 +10,7 @@ spawns. If the pool cannot start or breaks, jobs run inline with a warning: neve
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -18,8 +19,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-__all__ = ["Workers", "usable_cores", "set_blas_threads", "blas_threads", "start_process",
-           "parent_gone", "mp_context"]
+__all__ = ["Workers", "usable_cores", "set_blas_threads", "blas_threads", "one_blas_thread",
+           "start_process", "parent_gone", "mp_context"]
 
 
 def usable_cores() -> int:
@@ -141,6 +142,31 @@ def set_blas_threads(n: int) -> list[str]:
             fn(int(n))
             done.append(name)
     return done
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Run a block with one OpenBLAS thread, as a worker process does, then restore the counts.
+
+    A product's rounding depends on how BLAS splits it across threads, so a job this process takes
+    over from the pool gives the pool's numbers, bit for bit, only under the pool's thread count.
+    """
+    before = dict(blas_threads())
+    env = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                           "MKL_NUM_THREADS")}
+    set_blas_threads(1)
+    try:
+        yield
+    finally:
+        for name, lib in _openblas_libraries():
+            fn = _blas_symbol(lib, "set")
+            if fn is not None and name in before:
+                fn(int(before[name]))
+        for v, old in env.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
 
 
 def start_process(target, *args):

@@ -107,6 +107,7 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 import zlib
@@ -125,6 +126,7 @@ from .continual import ci_overlap, format_ci, results_table, summarize, to_jsona
 from .meta import META_GRADS, MetaTrainer, deploy_step, meta_step, sgd_step_
 from .models import PlainMLP, config_from_dict
 from .nn.dan import ConvDAN, DANNetwork, InputConvDAN
+from .parallel import one_blas_thread
 from .tensor import Tensor, wrap
 
 __all__ = ["UCILConfig", "UCIL_CONFIGS", "ucil_config", "build_ucil_net", "UCILData", "load_data",
@@ -211,6 +213,12 @@ class UCILConfig:
     # inner_lr, phi fixed) ends with the lowest final MSE on SCREEN_SEQUENCES sequences of Omniglot
     # meta-training characters (``screen_phi0``). theta_0 is the seed's either way.
     phi_candidates: int = 1
+    # Race of starts (needs phi_candidates >= start_candidates): the start_candidates best-screened
+    # phi_0 candidates are each meta-trained start_epochs meta-epochs, and the one with the lowest
+    # Omniglot validation MSE at start_epochs continues from its checkpoint to meta_epochs
+    # (``race_starts``): a screen at phi_0 cannot see how well a start meta-trains. 1: no race.
+    start_candidates: int = 1
+    start_epochs: int = 4
 
     def __post_init__(self):
         if self.meta_grad not in META_GRADS:
@@ -236,9 +244,18 @@ class UCILConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("n_classes", "shots", "inner_steps", "deploy_steps", "meta_batch", "population",
                      "meta_epochs", "val_sequences", "val_every", "eval_draws", "deploy_group",
-                     "phi_candidates", "lr_sequences"):
+                     "phi_candidates", "lr_sequences", "start_candidates", "start_epochs"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.start_candidates > self.phi_candidates:
+            raise ValueError(f"start_candidates {self.start_candidates} races more starts than the "
+                             f"{self.phi_candidates} phi_0 candidates screened: raise "
+                             "--phi-candidates or lower --start-candidates")
+        if self.start_candidates > 1 and self.start_epochs > self.meta_epochs:
+            raise ValueError(f"the race of {self.start_candidates} starts runs start_epochs "
+                             f"{self.start_epochs} meta-epochs each, more than meta_epochs "
+                             f"{self.meta_epochs}: lower --start-epochs, raise --epochs, or "
+                             "--start-candidates 1 (no race)")
         if self.meta_batch > self.n_classes * self.shots:
             raise ValueError(f"meta_batch {self.meta_batch} is larger than a sequence "
                              f"({self.n_classes} classes x {self.shots} images)")
@@ -671,8 +688,8 @@ class _ValidationQueue:
     """The validations of meta_train: each phi snapshot's, in parts (``_validation_parts``, two
     halves of the sequences), run in the pool one part at a time while meta-training goes on
     (``pump`` after every step), so work not yet started stays here; ``finish`` then shares what is
-    left between this process and the pool. The parts of a snapshot are always the same, so its
-    score does not depend on who ran them. ``on_result(epoch, score, phi)`` when a score is complete.
+    left between this process and the pool. The parts of a snapshot are always the same, and this
+    process runs them with the pool's one BLAS thread, so its score does not depend on who ran them. ``on_result(epoch, score, phi)`` when a score is complete.
     """
 
     def __init__(self, pool, cfg: UCILConfig, seed: int, on_result):
@@ -722,7 +739,8 @@ class _ValidationQueue:
             self.pump()
             if self.queue:
                 epoch, part = self.queue.pop()
-                self._done(epoch, part, _validate_snapshot(*self._args(epoch, part)))
+                with one_blas_thread():                  # the pool's rounding, bit for bit
+                    self._done(epoch, part, _validate_snapshot(*self._args(epoch, part)))
             else:
                 self.pump(wait=True)
 
@@ -773,7 +791,8 @@ def screen_phi0(cfg: UCILConfig, seed: int, data: UCILData, quiet: bool = False,
         for k in range(K):
             if pool.n > 0 and k % 2:
                 continue
-            scores[k] = _screen_score(cfg, seed, k, seqs)
+            with one_blas_thread():                       # the workers' rounding
+                scores[k] = _screen_score(cfg, seed, k, seqs)
             if bar is not None:
                 bar.update(1)
         for k, f in zip(range(1, K, 2), futs):
@@ -795,7 +814,8 @@ RESUMABLE_FIELDS = ("meta_epochs", "eval_draws", "deploy_group", "tune_deploy_lr
 
 
 # fields added after runs were made, with the value that reproduces those runs
-_NEWER_FIELDS = {"thick_strokes": 0.0, "phi_candidates": 1, "meta_lr_decay": 1.0}
+_NEWER_FIELDS = {"thick_strokes": 0.0, "phi_candidates": 1, "meta_lr_decay": 1.0,
+                 "start_candidates": 1, "start_epochs": 4}
 
 
 def _expect(cfg: UCILConfig, for_resume: bool = False) -> dict:
@@ -827,22 +847,71 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
     the history, the best phi so far; theta_0 is regenerated from the seed) is written atomically;
     with ``resume`` training continues from it exactly. ``processes``: the population's members
     are split across this many processes (default ``default_processes``; on ``resume``, the number
-    the run was made with: another number gives the same maths, rounded differently). Returns the
-    phenotype with the best validation phi.
+    the run was made with: another number gives the same maths, rounded differently). With
+    cfg.phi_candidates > 1 meta-training starts from the best-screened phi_0 (``screen_phi0``), or,
+    with cfg.start_candidates > 1, from the winner of a race of starts (``race_starts``, its runs in
+    OUT/starts/). Returns the phenotype with the best validation phi.
     """
-    from .parallel import Workers
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = out_dir / "checkpoint.npz"
     data = _cached_data(cfg, mnist=False) if data is None else data
     screen = {"phi0_candidate": 0, "phi0_screen": [], "phi0_screen_seconds": 0.0}
-    if not (resume and ckpt.exists()) and cfg.phi_candidates > 1:
+    if not (resume and (out_dir / "checkpoint.npz").exists()) and cfg.phi_candidates > 1:
         ts = time.perf_counter()
         k, scores = screen_phi0(cfg, seed, data, quiet=quiet, workers=workers)
         screen = {"phi0_candidate": k, "phi0_screen": scores,
                   "phi0_screen_seconds": time.perf_counter() - ts}
         log(f"phi_0: candidate {k} of {cfg.phi_candidates} (final MSE on the screening sequences: "
             + ", ".join(f"{v:.4f}" for v in scores) + ")")
+        if cfg.start_candidates > 1:
+            screen = race_starts(cfg, seed, out_dir, screen, resume=resume, quiet=quiet, log=log,
+                                 workers=workers, data=data, argv=argv, processes=processes)
+            resume = True                       # from the winner's checkpoint, now OUT's own
+    return _meta_train_run(cfg, seed, out_dir, screen, resume, quiet, log, workers, data, argv,
+                           processes)
+
+
+def race_starts(cfg: UCILConfig, seed: int, out_dir: Path, screen: dict, resume: bool = False,
+                quiet: bool = False, log=print, workers: int | None = None,
+                data: UCILData | None = None, argv=None, processes: int | None = None) -> dict:
+    """k* = argmin over the cfg.start_candidates best-screened k of L_val(phi^(k) after
+    cfg.start_epochs meta-epochs): each such start is meta-trained in OUT/starts/phi0-k/ (resumable),
+    and the winner's checkpoint is copied to OUT/checkpoint.npz for meta_train to continue, so the
+    run equals the winner's own run of cfg.meta_epochs. Ties go to the better-screened start.
+    Returns ``screen`` with the winner as phi0_candidate and the race recorded (phi0_starts)."""
+    out_dir = Path(out_dir)
+    scores = screen["phi0_screen"]
+    order = sorted(range(len(scores)), key=lambda k: (scores[k], k))[:cfg.start_candidates]
+    short = cfg.replace(meta_epochs=cfg.start_epochs)
+    t0 = time.perf_counter()
+    race = {}
+    for rank, k in enumerate(order):
+        log(f"race of starts: phi_0 candidate {k} (screened #{rank + 1} of {len(scores)}), "
+            f"{cfg.start_epochs} meta-epochs")
+        ph = _meta_train_run(short, seed, out_dir / "starts" / f"phi0-{k}",
+                             {**screen, "phi0_candidate": k}, resume, quiet, log, workers, data,
+                             argv, processes)
+        v = dict((int(e), float(x)) for e, x in ph.meta["val_history"])[cfg.start_epochs]
+        race[k] = v if np.isfinite(v) else float("inf")
+    winner = min(order, key=lambda k: (race[k], order.index(k)))
+    log("race of starts: Omniglot validation MSE after " f"{cfg.start_epochs} meta-epochs "
+        + ", ".join(f"candidate {k} {race[k]:.4f}" for k in order) + f"; candidate {winner} goes on")
+    src, dst = out_dir / "starts" / f"phi0-{winner}" / "checkpoint.npz", out_dir / "checkpoint.npz"
+    tmp = dst.with_name(dst.name + ".race-tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)                        # atomic: a crash leaves the old file or the new
+    return {**screen, "phi0_candidate": winner, "phi0_start_epochs": cfg.start_epochs,
+            "phi0_starts": [[k, race[k]] for k in order],
+            "phi0_race_seconds": time.perf_counter() - t0}
+
+
+def _meta_train_run(cfg: UCILConfig, seed: int, out_dir: Path, screen: dict, resume: bool,
+                    quiet: bool, log, workers, data: UCILData, argv, processes) -> Phenotype:
+    """meta_train from phi_0 candidate screen["phi0_candidate"] (or OUT/checkpoint.npz)."""
+    from .parallel import Workers
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = out_dir / "checkpoint.npz"
     # (on --resume the checkpoint's phi replaces this phi_0 below; theta_0 is the same for every
     # candidate, so the fingerprint check holds either way)
     trainer = new_trainer(cfg, seed, data, candidate=screen["phi0_candidate"],
@@ -872,7 +941,8 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
             log(f"note: {ckpt} keeps no phi of meta-epoch(s) {lost} (made before tinydan kept "
                 "them): the meta-epoch to deploy is chosen among the others")
         elapsed0 = float(meta.get("meta_train_seconds", 0.0))
-        screen = {k: meta.get(k, v) for k, v in screen.items()}
+        screen = {**{k: meta.get(k, v) for k, v in screen.items()},
+                  **{k: v for k, v in meta.items() if k.startswith("phi0_")}}
         recorded = int(meta.get("processes", 1))
         if processes is None:                        # continue as the run was made
             trainer.processes = recorded
@@ -983,7 +1053,9 @@ def save_phenotype(ph: Phenotype, path, results: dict | None = None) -> Path:
                                        "theta0_crc32", "meta_train_seconds", "command",
                                        "deploy_lr", "deploy_lr_scores", "phi0_candidate",
                                        "deploy_lr_source", "deploy_lr_sequences", "phi0_screen",
-                                       "phi0_screen_seconds", "processes", "deployed_epoch",
+                                       "phi0_screen_seconds", "phi0_start_epochs",
+                                       "phi0_starts", "phi0_race_seconds", "processes",
+                                       "deployed_epoch",
                                        "deployed_epoch_source", "epoch_scores", "epoch_lr",
                                        "epoch_lr_sequences", "epoch_choice_seconds")
                if k in ph.meta}}
@@ -1428,7 +1500,8 @@ def compare(ph: Phenotype, out_dir, draws: int | None = None, quiet: bool = Fals
                                                  "deployed_epoch", "deployed_epoch_source",
                                                  "epoch_scores", "epoch_lr", "epoch_choice_seconds",
                                                  "meta_train_seconds", "command",
-                                                 "phi0_candidate", "phi0_screen") if k in ph.meta},
+                                                 "phi0_candidate", "phi0_screen", "phi0_starts",
+                                                 "phi0_start_epochs") if k in ph.meta},
         "protocol": f"MNIST test digits{half} 0..9 in order, {cfg.shots} images each, {steps} "
                     f"SGD steps (net0 lr {lr}) per digit on the synapses, phi fixed; R[i, j] = "
                     f"reconstruction MSE on digit j after digit i; {draws} draws of the images",
@@ -1740,6 +1813,14 @@ def build_parser() -> argparse.ArgumentParser:
                             help="draw K phi_0 candidates and meta-train the one that learns "
                                  "Omniglot screening sequences best (default from the config: "
                                  f"{UCIL_CONFIGS['small'].phi_candidates} for small; 1: the seed's phi_0)")
+            sp.add_argument("--start-candidates", type=_positive_int, metavar="N",
+                            help="race the N best-screened phi_0 candidates: meta-train each "
+                                 "--start-epochs meta-epochs and go on with the one with the lowest "
+                                 "Omniglot validation MSE (default from the config: "
+                                 f"{UCIL_CONFIGS['small'].start_candidates} for small; 1: no race)")
+            sp.add_argument("--start-epochs", type=_positive_int, metavar="E",
+                            help="meta-epochs each start of the race is meta-trained before they are "
+                                 f"compared (default {UCIL_CONFIGS['small'].start_epochs})")
             sp.add_argument("--processes", type=_positive_int, metavar="N",
                             help="processes that share each meta-step's population members (default: "
                                  "2 on a machine with a second core, else 1; --resume: the "
@@ -1774,7 +1855,9 @@ def _config_from_args(a) -> UCILConfig:
                             ("eval_draws", a.draws), ("thick_strokes", a.thick_strokes),
                             ("tune_deploy_lr", a.tune_deploy_lr), ("lr_source", a.lr_source),
                             ("epoch_source", a.epoch_source),
-                            ("phi_candidates", getattr(a, "phi_candidates", None))):
+                            ("phi_candidates", getattr(a, "phi_candidates", None)),
+                            ("start_candidates", getattr(a, "start_candidates", None)),
+                            ("start_epochs", getattr(a, "start_epochs", None))):
         if arg is not None:
             over[field_name] = arg
     return ucil_config(a.config, **_follow_lr_source(over, UCIL_CONFIGS[a.config].epoch_source))
