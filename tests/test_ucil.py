@@ -1,6 +1,7 @@
 """The UCIL experiment: the conv DAN and its fast kernels, the autoencoder's shapes and counts,
 the meta-gradient against finite differences, and an end-to-end run of the tiny config."""
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -804,6 +805,24 @@ def test_race_of_starts(tmp_path, data, monkeypatch):
     with pytest.raises(ucil.CheckpointError, match="--start-candidates 2"):
         _race(cfg.replace(meta_epochs=4, start_candidates=1), tmp_path / "a", data,
               [0.1, 0.3, 0.2], monkeypatch, resume=True)
+    # a crash between the race and the winner's first saved epoch: OUT/checkpoint.npz already
+    # holds the race's record, and --resume goes on from it without racing again
+    real_run = ucil._meta_train_run
+
+    def crash_on_out(cfg_, seed, out_dir, *a, **k):
+        if Path(out_dir) == tmp_path / "c":
+            raise KeyboardInterrupt
+        return real_run(cfg_, seed, out_dir, *a, **k)
+    monkeypatch.setattr(ucil, "_meta_train_run", crash_on_out)
+    with pytest.raises(KeyboardInterrupt):
+        _race(cfg, tmp_path / "c", data, [0.1, 0.3, 0.2], monkeypatch)
+    _, meta = load_checkpoint(tmp_path / "c" / "checkpoint.npz")
+    assert meta["phi0_starts"] == runs["a"].meta["phi0_starts"] and meta["epoch"] == 1
+    monkeypatch.setattr(ucil, "_meta_train_run", real_run)
+    monkeypatch.setattr(ucil, "screen_phi0", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    done = _race(cfg, tmp_path / "c", data, [0.1, 0.3, 0.2], monkeypatch, resume=True)
+    assert done.meta["phi0_starts"] == runs["a"].meta["phi0_starts"]
+    assert done.meta["val_history"] == runs["a"].meta["val_history"]
 
 
 def test_race_config_errors():
@@ -813,26 +832,44 @@ def test_race_config_errors():
         ucil.ucil_config("tiny", phi_candidates=2, start_candidates=2, start_epochs=3)
     with pytest.raises(ValueError, match="start_epochs must be >= 1"):
         ucil.ucil_config("tiny", start_epochs=0)
+    with pytest.raises(ValueError, match="multiple of val_every 2"):      # small validates every 2
+        ucil.ucil_config("small", start_candidates=2, start_epochs=3)
+    assert ucil.ucil_config("small", start_epochs=3).start_epochs == 3   # no race: no constraint
     parse = ucil.build_parser().parse_args
     cfg = ucil._config_from_args(parse(["meta-train", "--start-candidates", "3", "--start-epochs",
                                         "2"]))
     assert cfg.start_candidates == 3 and cfg.start_epochs == 2
 
 
-def test_one_blas_thread_restores_the_counts():
-    """A job this process takes over from the pool runs with the pool's one BLAS thread."""
-    from tinydan.parallel import blas_threads, one_blas_thread, set_blas_threads
+def test_race_cli_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        ucil.main(["meta-train", "--epochs", "2", "--start-candidates", "2", "--out", "unused"])
+    assert e.value.code == 2 and "--start-candidates 1 (no race)" in capsys.readouterr().err
+
+
+def test_one_blas_thread_restores_the_counts(monkeypatch):
+    """A job runs with one BLAS thread wherever it runs (a worker, inline, this process); the
+    caller's thread counts and environment come back afterwards."""
+    from tinydan.parallel import _set_counts, blas_threads, one_blas_thread
     if not blas_threads():
         pytest.skip("no OpenBLAS found to set threads on")
     before = dict(blas_threads())
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        set_blas_threads(2)
+        _set_counts({name: 2 for name in before})
         with one_blas_thread():
             assert all(n == 1 for _, n in blas_threads())
+            assert os.environ["OPENBLAS_NUM_THREADS"] == os.environ["OMP_NUM_THREADS"] == "1"
         assert all(n == 2 for _, n in blas_threads())
+        assert os.environ["OPENBLAS_NUM_THREADS"] == "2" and "OMP_NUM_THREADS" not in os.environ
+
+        @one_blas_thread()
+        def job():
+            return dict(blas_threads())
+        assert set(job().values()) == {1} and set(dict(blas_threads()).values()) == {2}
     finally:
-        for n in set(before.values()):
-            set_blas_threads(n)
+        _set_counts(before)
 
 
 def test_in_place_sgd_step_on_the_ucil_net(data):
@@ -970,7 +1007,11 @@ def test_validation_queue_feeds_the_pool_one_part_at_a_time_and_shares_the_rest(
             return self.ready
 
         def result(self):
-            return self.fn(*self.args)
+            in_pool.append(True)
+            try:
+                return self.fn(*self.args)
+            finally:
+                in_pool.pop()
 
     class FakePool:
         n = 1
@@ -982,14 +1023,14 @@ def test_validation_queue_feeds_the_pool_one_part_at_a_time_and_shares_the_rest(
             self.futs.append(LazyFuture(fn, args))
             return self.futs[-1]
 
-    here = []
+    here, in_pool = [], []
 
-    def fake_here(*args):
-        here.append(args[-1])
+    def job(*args):                                  # the pool's job, or this process's (here)
+        if not in_pool:
+            here.append(args[-1])
         return fake_job(*args)
 
-    monkeypatch.setattr(ucil, "_validate_job", fake_job)
-    monkeypatch.setattr(ucil, "_validate_snapshot", fake_here)   # the parts run in this process
+    monkeypatch.setattr(ucil, "_validate_job", job)
     pool, results = FakePool(), []
     q = ucil._ValidationQueue(pool, ucil.ucil_config("tiny", val_sequences=3), 0,
                               lambda e, v, phi: results.append((e, v, phi["v"])))

@@ -133,35 +133,39 @@ def set_blas_threads(n: int) -> list[str]:
     The DAN experiments multiply many small matrices, where BLAS threads cost more than they give
     (and fight the worker process for the second core), so the CLIs run with one.
     """
-    os.environ.update({v: str(n) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                           "MKL_NUM_THREADS")})     # for child processes
+    os.environ.update({v: str(n) for v in _THREAD_VARS})                  # for child processes
+    return _set_counts({name: n for name, _ in _openblas_libraries()})
+
+
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _set_counts(counts: dict) -> list[str]:
+    """Set each named OpenBLAS library's thread count ({file name: threads}); returns those set."""
     done = []
     for name, lib in _openblas_libraries():
         fn = _blas_symbol(lib, "set")
-        if fn is not None:
-            fn(int(n))
+        if fn is not None and name in counts:
+            fn(int(counts[name]))
             done.append(name)
     return done
 
 
 @contextlib.contextmanager
 def one_blas_thread():
-    """Run a block with one OpenBLAS thread, as a worker process does, then restore the counts.
+    """Run a block (or, as a decorator, a job) with one OpenBLAS thread, as a worker process does,
+    then restore this process's counts and environment. OpenBLAS only (MKL is left as it is).
 
-    A product's rounding depends on how BLAS splits it across threads, so a job this process takes
-    over from the pool gives the pool's numbers, bit for bit, only under the pool's thread count.
+    A product's rounding depends on how BLAS splits it across threads, so a job gives the same
+    numbers, bit for bit, wherever it runs (a worker, inline, or this process taking over).
     """
     before = dict(blas_threads())
-    env = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                           "MKL_NUM_THREADS")}
+    env = {v: os.environ.get(v) for v in _THREAD_VARS}
     set_blas_threads(1)
     try:
         yield
     finally:
-        for name, lib in _openblas_libraries():
-            fn = _blas_symbol(lib, "set")
-            if fn is not None and name in before:
-                fn(int(before[name]))
+        _set_counts(before)
         for v, old in env.items():
             if old is None:
                 os.environ.pop(v, None)

@@ -107,7 +107,6 @@ import math
 import os
 import platform
 import shlex
-import shutil
 import sys
 import time
 import zlib
@@ -131,9 +130,9 @@ from .tensor import Tensor, wrap
 
 __all__ = ["UCILConfig", "UCIL_CONFIGS", "ucil_config", "build_ucil_net", "UCILData", "load_data",
            "ClassSequences", "omniglot_sequences", "thicken_strokes", "deploy", "meta_train",
-           "Phenotype", "load_phenotype", "choose_lr", "choose_epoch", "tune_ae_lr", "deploy_lr",
-           "save_phenotype", "random_phenotype", "compare", "bench_paper_meta_step", "main",
-           "SHIPPED_PHENOTYPE", "KIND"]
+           "screen_phi0", "race_starts", "Phenotype", "load_phenotype", "choose_lr",
+           "choose_epoch", "tune_ae_lr", "deploy_lr", "save_phenotype", "random_phenotype",
+           "compare", "bench_paper_meta_step", "main", "SHIPPED_PHENOTYPE", "KIND"]
 
 KIND = "tinydan.ucil"
 SHIPPED_PHENOTYPE = Path(__file__).resolve().parent / "phenotypes" / "ucil_small.npz"
@@ -251,6 +250,10 @@ class UCILConfig:
             raise ValueError(f"start_candidates {self.start_candidates} races more starts than the "
                              f"{self.phi_candidates} phi_0 candidates screened: raise "
                              "--phi-candidates or lower --start-candidates")
+        if self.start_candidates > 1 and self.start_epochs % self.val_every:
+            raise ValueError(f"start_epochs {self.start_epochs} must be a multiple of val_every "
+                             f"{self.val_every}, so that the race's runs validate at the epochs the "
+                             "winner's own run would (--start-epochs)")
         if self.start_candidates > 1 and self.start_epochs > self.meta_epochs:
             raise ValueError(f"the race of {self.start_candidates} starts runs start_epochs "
                              f"{self.start_epochs} meta-epochs each, more than meta_epochs "
@@ -662,10 +665,10 @@ def _validation_parts(cfg: UCILConfig, n: int) -> list:
     return [((i, n), k / cfg.val_sequences) for i, k in enumerate(sizes) if k]
 
 
+@one_blas_thread()
 def _validate_job(cfg_dict: dict, phi: dict, seed: int, part=None) -> float:
-    """validate() for a phi snapshot in a worker process (one BLAS thread; theta_0 regenerated)."""
-    from .parallel import set_blas_threads
-    set_blas_threads(1)
+    """validate() for a phi snapshot as a job (one BLAS thread, wherever it runs; theta_0
+    regenerated)."""
     return _validate_snapshot(cfg_dict, phi, seed, part)
 
 
@@ -688,8 +691,8 @@ class _ValidationQueue:
     """The validations of meta_train: each phi snapshot's, in parts (``_validation_parts``, two
     halves of the sequences), run in the pool one part at a time while meta-training goes on
     (``pump`` after every step), so work not yet started stays here; ``finish`` then shares what is
-    left between this process and the pool. The parts of a snapshot are always the same, and this
-    process runs them with the pool's one BLAS thread, so its score does not depend on who ran them. ``on_result(epoch, score, phi)`` when a score is complete.
+    left between this process and the pool. The parts of a snapshot are always the same, and
+    run with one BLAS thread wherever they run, so its score does not depend on who ran them. ``on_result(epoch, score, phi)`` when a score is complete.
     """
 
     def __init__(self, pool, cfg: UCILConfig, seed: int, on_result):
@@ -739,8 +742,7 @@ class _ValidationQueue:
             self.pump()
             if self.queue:
                 epoch, part = self.queue.pop()
-                with one_blas_thread():                  # the pool's rounding, bit for bit
-                    self._done(epoch, part, _validate_snapshot(*self._args(epoch, part)))
+                self._done(epoch, part, _validate_job(*self._args(epoch, part)))   # as the pool
             else:
                 self.pump(wait=True)
 
@@ -754,10 +756,9 @@ def screen_sequences(cfg: UCILConfig, data: UCILData) -> np.ndarray:
                               np.random.default_rng(SCREEN_SEED))
 
 
+@one_blas_thread()
 def _screen_job(cfg_dict: dict, seed: int, candidate: int, seqs: np.ndarray) -> float:
-    """_screen_score in a worker process (one BLAS thread)."""
-    from .parallel import set_blas_threads
-    set_blas_threads(1)
+    """_screen_score as a job (one BLAS thread, wherever it runs)."""
     return _screen_score(UCILConfig.from_dict(cfg_dict), seed, candidate, seqs)
 
 
@@ -791,8 +792,7 @@ def screen_phi0(cfg: UCILConfig, seed: int, data: UCILData, quiet: bool = False,
         for k in range(K):
             if pool.n > 0 and k % 2:
                 continue
-            with one_blas_thread():                       # the workers' rounding
-                scores[k] = _screen_score(cfg, seed, k, seqs)
+            scores[k] = _screen_job(cfg.to_dict(), seed, k, seqs)     # as the workers
             if bar is not None:
                 bar.update(1)
         for k, f in zip(range(1, K, 2), futs):
@@ -831,6 +831,8 @@ def _check_newer_fields(ckpt: Path, cfg: UCILConfig, meta: dict) -> None:
     stored = meta.get("config", {})
     for k, old in _NEWER_FIELDS.items():
         have, want = stored.get(k, old), getattr(cfg, k)
+        if k == "start_epochs" and max(stored.get("start_candidates", 1), cfg.start_candidates) == 1:
+            continue                                     # no race: start_epochs plays no part
         if have != want:
             raise CheckpointError(f"{ckpt}: config.{k}: the run was made with {have}, you asked for "
                                   f"{want}; resume it with --{k.replace('_', '-')} {have}")
@@ -861,14 +863,15 @@ def meta_train(cfg: UCILConfig, seed: int, out_dir: Path, resume: bool = False,
         k, scores = screen_phi0(cfg, seed, data, quiet=quiet, workers=workers)
         screen = {"phi0_candidate": k, "phi0_screen": scores,
                   "phi0_screen_seconds": time.perf_counter() - ts}
-        log(f"phi_0: candidate {k} of {cfg.phi_candidates} (final MSE on the screening sequences: "
+        log(f"phi_0: best-screened candidate {k} of {cfg.phi_candidates} (final MSE on the "
+            "screening sequences: "
             + ", ".join(f"{v:.4f}" for v in scores) + ")")
         if cfg.start_candidates > 1:
             screen = race_starts(cfg, seed, out_dir, screen, resume=resume, quiet=quiet, log=log,
                                  workers=workers, data=data, argv=argv, processes=processes)
             resume = True                       # from the winner's checkpoint, now OUT's own
-    return _meta_train_run(cfg, seed, out_dir, screen, resume, quiet, log, workers, data, argv,
-                           processes)
+    return _meta_train_run(cfg, seed, out_dir, screen, resume=resume, quiet=quiet, log=log,
+                           workers=workers, data=data, argv=argv, processes=processes)
 
 
 def race_starts(cfg: UCILConfig, seed: int, out_dir: Path, screen: dict, resume: bool = False,
@@ -876,9 +879,11 @@ def race_starts(cfg: UCILConfig, seed: int, out_dir: Path, screen: dict, resume:
                 data: UCILData | None = None, argv=None, processes: int | None = None) -> dict:
     """k* = argmin over the cfg.start_candidates best-screened k of L_val(phi^(k) after
     cfg.start_epochs meta-epochs): each such start is meta-trained in OUT/starts/phi0-k/ (resumable),
-    and the winner's checkpoint is copied to OUT/checkpoint.npz for meta_train to continue, so the
-    run equals the winner's own run of cfg.meta_epochs. Ties go to the better-screened start.
-    Returns ``screen`` with the winner as phi0_candidate and the race recorded (phi0_starts)."""
+    and the winner's checkpoint is written to OUT/checkpoint.npz (atomically, with the race's
+    record) for meta_train to continue, so the run equals the winner's own run of cfg.meta_epochs.
+    Ties go to the better-screened start. Returns ``screen`` with the winner as phi0_candidate and
+    the race recorded: phi0_starts [[k, score]], phi0_race_seconds (the winner's own first
+    start_epochs included, as its meta_train_seconds include them too)."""
     out_dir = Path(out_dir)
     scores = screen["phi0_screen"]
     order = sorted(range(len(scores)), key=lambda k: (scores[k], k))[:cfg.start_candidates]
@@ -889,23 +894,23 @@ def race_starts(cfg: UCILConfig, seed: int, out_dir: Path, screen: dict, resume:
         log(f"race of starts: phi_0 candidate {k} (screened #{rank + 1} of {len(scores)}), "
             f"{cfg.start_epochs} meta-epochs")
         ph = _meta_train_run(short, seed, out_dir / "starts" / f"phi0-{k}",
-                             {**screen, "phi0_candidate": k}, resume, quiet, log, workers, data,
-                             argv, processes)
+                             {**screen, "phi0_candidate": k}, resume=resume, quiet=quiet, log=log,
+                             workers=workers, data=data, argv=argv, processes=processes)
         v = dict((int(e), float(x)) for e, x in ph.meta["val_history"])[cfg.start_epochs]
         race[k] = v if np.isfinite(v) else float("inf")
-    winner = min(order, key=lambda k: (race[k], order.index(k)))
-    log("race of starts: Omniglot validation MSE after " f"{cfg.start_epochs} meta-epochs "
-        + ", ".join(f"candidate {k} {race[k]:.4f}" for k in order) + f"; candidate {winner} goes on")
-    src, dst = out_dir / "starts" / f"phi0-{winner}" / "checkpoint.npz", out_dir / "checkpoint.npz"
-    tmp = dst.with_name(dst.name + ".race-tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)                        # atomic: a crash leaves the old file or the new
-    return {**screen, "phi0_candidate": winner, "phi0_start_epochs": cfg.start_epochs,
-            "phi0_starts": [[k, race[k]] for k in order],
-            "phi0_race_seconds": time.perf_counter() - t0}
+    winner = min(order, key=lambda k: (race[k], order.index(k)))     # ties: the better-screened
+    log(f"race of starts: Omniglot validation MSE after {cfg.start_epochs} meta-epochs: "
+        + ", ".join(f"candidate {k} {race[k]:.4f}" for k in order)
+        + f"; candidate {winner} goes on from its checkpoint")
+    record = {**screen, "phi0_candidate": winner, "phi0_start_epochs": cfg.start_epochs,
+              "phi0_starts": [[k, race[k]] for k in order],
+              "phi0_race_seconds": time.perf_counter() - t0}
+    arrays, meta = load_checkpoint(out_dir / "starts" / f"phi0-{winner}" / "checkpoint.npz")
+    save_checkpoint(out_dir / "checkpoint.npz", arrays, {**meta, **record})   # atomic
+    return record
 
 
-def _meta_train_run(cfg: UCILConfig, seed: int, out_dir: Path, screen: dict, resume: bool,
+def _meta_train_run(cfg: UCILConfig, seed: int, out_dir: Path, screen: dict, *, resume: bool,
                     quiet: bool, log, workers, data: UCILData, argv, processes) -> Phenotype:
     """meta_train from phi_0 candidate screen["phi0_candidate"] (or OUT/checkpoint.npz)."""
     from .parallel import Workers
@@ -941,8 +946,8 @@ def _meta_train_run(cfg: UCILConfig, seed: int, out_dir: Path, screen: dict, res
             log(f"note: {ckpt} keeps no phi of meta-epoch(s) {lost} (made before tinydan kept "
                 "them): the meta-epoch to deploy is chosen among the others")
         elapsed0 = float(meta.get("meta_train_seconds", 0.0))
-        screen = {**{k: meta.get(k, v) for k, v in screen.items()},
-                  **{k: v for k, v in meta.items() if k.startswith("phi0_")}}
+        # the checkpoint's record of the screen and the race wins; the caller's fills what it lacks
+        screen = {**screen, **{k: v for k, v in meta.items() if k.startswith("phi0_")}}
         recorded = int(meta.get("processes", 1))
         if processes is None:                        # continue as the run was made
             trainer.processes = recorded
@@ -1248,10 +1253,9 @@ def _known_val(ph: Phenotype) -> dict:
     return {} if v is None or not np.isfinite(v) else {ph.cfg.inner_lr: float(v)}
 
 
+@one_blas_thread()
 def _score_job(cfg_dict: dict, phi: dict, seqs: np.ndarray, seed: int, lr: float) -> float:
     """Mean final MSE of a phi deployed at ``lr`` on ``seqs`` (inf if it diverges), in a worker."""
-    from .parallel import set_blas_threads
-    set_blas_threads(1)
     cfg = UCILConfig.from_dict(cfg_dict)
     return _final_score(*_snapshot_net(cfg, phi, seed), cfg, seqs, lr)
 
@@ -1336,11 +1340,10 @@ def _deploy_kwargs(cfg: UCILConfig) -> dict:
             "curve_every": max(1, cfg.deploy_steps // 3)}
 
 
+@one_blas_thread()
 def _plain_ae_job(cfg_dict: dict, seqs: np.ndarray, seed: int, same_nodes: bool = False):
     """Choose the plain autoencoder's lr (``tune_ae_lr``), then deploy it on the MNIST draws (a
     worker job)."""
-    from .parallel import set_blas_threads
-    set_blas_threads(1)
     cfg = UCILConfig.from_dict(cfg_dict)
     lr, scores = tune_ae_lr(cfg, _cached_data(cfg, mnist=False, rates=True), seed, same_nodes)
     ae = plain_autoencoder(cfg, same_nodes)
@@ -1353,11 +1356,10 @@ def _plain_ae_job(cfg_dict: dict, seqs: np.ndarray, seed: int, same_nodes: bool 
     return res
 
 
+@one_blas_thread()
 def _phenotype_job(cfg_dict: dict, phi: dict, seqs: np.ndarray, seed: int, lr: float):
     """Deploy a phi (theta_0 regenerated from the seed) with synapse lr ``lr`` on some draws, in a
     worker process: with no baselines to run, net0's draws are split between the cores."""
-    from .parallel import set_blas_threads
-    set_blas_threads(1)
     cfg = UCILConfig.from_dict(cfg_dict)
     net, theta0 = _snapshot_net(cfg, phi, seed)
     kw = {**_deploy_kwargs(cfg), "snapshots": ()}
@@ -1365,12 +1367,11 @@ def _phenotype_job(cfg_dict: dict, phi: dict, seqs: np.ndarray, seed: int, lr: f
         return deploy(net, theta0, seqs, cfg.deploy_steps, lr, **kw)
 
 
+@one_blas_thread()
 def _random_dans_job(cfg_dict: dict, seqs: np.ndarray, seed: int, val_history=(), candidate: int = 0):
     """Deploy the random phi_0 of the run's seed on the MNIST draws (a worker job), with its
     learning rate chosen like net0's (``deploy_lr``; ``val_history``: the meta-training run's, whose
     epoch 0 is phi_0's validation score at inner_lr)."""
-    from .parallel import set_blas_threads
-    set_blas_threads(1)
     cfg = UCILConfig.from_dict(cfg_dict)
     ph = random_phenotype(cfg, seed, candidate)
     ph.meta["val_history"] = [tuple(v) for v in val_history]
