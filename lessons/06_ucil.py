@@ -261,10 +261,12 @@ else:
 # images you deploy on here come from the other half, as every reported result does), else the
 # meta-training rate.
 # The random DANs are the phi_0 that meta-training started from. (`small` draws 8 candidates for
-# phi_0 and starts from the one whose network learns two Omniglot training sequences best with phi
-# fixed, `ucil.screen_phi0`: most random draws pass too little signal at theta_0 for SGD on the
-# synapses to learn, and then meta-training has nothing to improve. The phenotype file records
-# which candidate, `phi0_candidate`.)
+# phi_0 and screens them: each network learns two Omniglot training sequences with phi fixed,
+# `ucil.screen_phi0`, because most random draws pass too little signal at theta_0 for SGD on the
+# synapses to learn, and then meta-training has nothing to improve. The screen cannot see how a
+# start will meta-train, so the 2 best-screened are each meta-trained for 4 meta-epochs and the
+# one with the lower Omniglot validation goes on, `ucil.race_starts`. The phenotype file records
+# which candidate, `phi0_candidate`, and the race, `phi0_starts`.)
 
 # %%
 LR = float(ph.meta.get("deploy_lr", ph.cfg.inner_lr))

@@ -834,7 +834,7 @@ def test_race_config_errors():
         ucil.ucil_config("tiny", start_epochs=0)
     with pytest.raises(ValueError, match="multiple of val_every 2"):      # small validates every 2
         ucil.ucil_config("small", start_candidates=2, start_epochs=3)
-    assert ucil.ucil_config("small", start_epochs=3).start_epochs == 3   # no race: no constraint
+    assert ucil.ucil_config("small", start_candidates=1, start_epochs=3).start_epochs == 3  # no race
     parse = ucil.build_parser().parse_args
     cfg = ucil._config_from_args(parse(["meta-train", "--start-candidates", "3", "--start-epochs",
                                         "2"]))
@@ -912,8 +912,11 @@ def test_cli_config_flags():
     assert paperlike.tune_deploy_lr is False and paperlike.thick_strokes == 0.0
     default = ucil._config_from_args(parse(["run"]))
     assert default == ucil.ucil_config("small") and default.tune_deploy_lr and default.thick_strokes == 0.5
-    assert default.phi_candidates == 8
-    assert ucil._config_from_args(parse(["meta-train", "--phi-candidates", "1"])).phi_candidates == 1
+    assert default.phi_candidates == 8 and default.start_candidates == 2 and default.start_epochs == 4
+    assert ucil._config_from_args(parse(["run", "--start-candidates", "1"])).start_candidates == 1
+    one = ucil._config_from_args(parse(["meta-train", "--phi-candidates", "1"]))
+    assert one.phi_candidates == 1 and one.start_candidates == 1      # one candidate: no race
+    assert ucil._config_from_args(parse(["run", "--phi-candidates", "4"])).start_candidates == 2
     assert ucil._config_from_args(parse(["run", "--meta-lr-decay", "0.5"])).meta_lr_decay == 0.5
     assert default.meta_lr_decay == 0.7 and ucil.ucil_config("paper").meta_lr_decay == 1.0
     assert default.meta_epochs == 8
