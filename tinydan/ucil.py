@@ -1,7 +1,7 @@
 """Unsupervised class-incremental learning, UCIL (paper 3.2, 4.2, 6.2): meta-train DANs on Omniglot,
 deploy them on MNIST, compare.
 
-    python -m tinydan.ucil                       # meta-train `small` (8-15 min), compare (7-13)
+    python -m tinydan.ucil                       # meta-train `small` (7.5-15 min), compare (7-13)
     python -m tinydan.ucil --meta-lr-decay 1     # ... with phi's rate constant
     python -m tinydan.ucil meta-train --config small --meta-grad one_step --out runs/os
     python -m tinydan.ucil meta-train --out runs/os --resume --epochs 20   # continue a run
@@ -95,7 +95,8 @@ threads (PyTorch CPU reference: 6.65 s and 10.7 s with 1); peak RSS 0.87 GiB (re
 GiB); before the in-place step 3.3-3.5 s, 4.0-4.9 s with 1 thread, 1.33 GiB, one_step 5.0 s, 2.9
 GiB. That is about 18% of the machine's 2-thread sgemm peak by the executed FLOP count (82.3 GFLOP:
 banded zeros and recomputation included), 9% by the useful count (43.5 GFLOP). On session 10's
-faster machine: 1.40 s, 24% as executed (sgemm probe 243 GFLOP/s), 13% useful.
+faster machine: 1.40 s, 24% as executed (sgemm probe 243 GFLOP/s), 13% useful; session 11:
+1.31 s, 23% (probe 276 GFLOP/s), 12% useful.
 
 Config `small`'s meta-step (``python -m tinydan.bench --only ucil_meta_step``): 0.64-0.78x the
 same step on the generic paths (banded convolutions, recomputed DAN forward, out-of-place inner
