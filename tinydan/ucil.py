@@ -257,8 +257,8 @@ class UCILConfig:
                              "--phi-candidates or lower --start-candidates")
         if self.start_candidates > 1 and self.start_epochs % self.val_every:
             raise ValueError(f"start_epochs {self.start_epochs} must be a multiple of val_every "
-                             f"{self.val_every}, so that the race's runs validate at the epochs the "
-                             "winner's own run would (--start-epochs)")
+                             f"{self.val_every}, so that the race's runs validate at the epochs "
+                             "the winner's own run would (--start-epochs)")
         if self.start_candidates > 1 and self.start_epochs > self.meta_epochs:
             raise ValueError(f"the race of {self.start_candidates} starts runs start_epochs "
                              f"{self.start_epochs} meta-epochs each, more than meta_epochs "
@@ -700,7 +700,8 @@ class _ValidationQueue:
     halves of the sequences), run in the pool one part at a time while meta-training goes on
     (``pump`` after every step), so work not yet started stays here; ``finish`` then shares what is
     left between this process and the pool. The parts of a snapshot are always the same, and
-    run with one BLAS thread wherever they run, so its score does not depend on who ran them. ``on_result(epoch, score, phi)`` when a score is complete.
+    run with one BLAS thread wherever they run, so its score does not depend on who ran them.
+    ``on_result(epoch, score, phi)`` when a score is complete.
     """
 
     def __init__(self, pool, cfg: UCILConfig, seed: int, on_result):
@@ -839,7 +840,8 @@ def _check_newer_fields(ckpt: Path, cfg: UCILConfig, meta: dict) -> None:
     stored = meta.get("config", {})
     for k, old in _NEWER_FIELDS.items():
         have, want = stored.get(k, old), getattr(cfg, k)
-        if k == "start_epochs" and max(stored.get("start_candidates", 1), cfg.start_candidates) == 1:
+        raced = max(stored.get("start_candidates", 1), cfg.start_candidates) > 1
+        if k == "start_epochs" and not raced:
             continue                                     # no race: start_epochs plays no part
         if have != want:
             raise CheckpointError(f"{ckpt}: config.{k}: the run was made with {have}, you asked for "
@@ -886,10 +888,10 @@ def race_starts(cfg: UCILConfig, seed: int, out_dir: Path, screen: dict, resume:
                 quiet: bool = False, log=print, workers: int | None = None,
                 data: UCILData | None = None, argv=None, processes: int | None = None) -> dict:
     """k* = argmin over the cfg.start_candidates best-screened k of L_val(phi^(k) after
-    cfg.start_epochs meta-epochs): each such start is meta-trained in OUT/starts/phi0-k/ (resumable),
-    and the winner's checkpoint is written to OUT/checkpoint.npz (atomically, with the race's
-    record) for meta_train to continue, so the run equals the winner's own run of cfg.meta_epochs.
-    Ties go to the better-screened start. Returns ``screen`` with the winner as phi0_candidate and
+    cfg.start_epochs meta-epochs): each such start is meta-trained in OUT/starts/phi0-k/
+    (resumable), and the winner's checkpoint is written to OUT/checkpoint.npz (atomically, with
+    the race's record) for meta_train to continue, so the run equals the winner's own run of
+    cfg.meta_epochs. Ties go to the better-screened start. Returns ``screen`` with the winner as phi0_candidate and
     the race recorded: phi0_starts [[k, score]], phi0_race_seconds (the winner's own first
     start_epochs included, as its meta_train_seconds include them too)."""
     out_dir = Path(out_dir)
@@ -1825,12 +1827,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  "phi_0, and no race of starts)")
             sp.add_argument("--start-candidates", type=_positive_int, metavar="N",
                             help="race the N best-screened phi_0 candidates: meta-train each "
-                                 "--start-epochs meta-epochs and go on with the one with the lowest "
-                                 "Omniglot validation MSE (default from the config: "
+                                 "--start-epochs meta-epochs and go on with the one with the "
+                                 "lowest Omniglot validation MSE (default from the config: "
                                  f"{UCIL_CONFIGS['small'].start_candidates} for small; 1: no race)")
             sp.add_argument("--start-epochs", type=_positive_int, metavar="E",
-                            help="meta-epochs each start of the race is meta-trained before they are "
-                                 f"compared (default {UCIL_CONFIGS['small'].start_epochs})")
+                            help="meta-epochs each start of the race is meta-trained before "
+                                 f"they are compared (default {UCIL_CONFIGS['small'].start_epochs})")
             sp.add_argument("--processes", type=_positive_int, metavar="N",
                             help="processes that share each meta-step's population members (default: "
                                  "2 on a machine with a second core, else 1; --resume: the "
