@@ -134,19 +134,21 @@ def set_blas_threads(n: int) -> list[str]:
     (and fight the worker process for the second core), so the CLIs run with one.
     """
     os.environ.update({v: str(n) for v in _THREAD_VARS})                  # for child processes
-    return _set_counts({name: n for name, _ in _openblas_libraries()})
+    return _set_counts(n)
 
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _set_counts(counts: dict) -> list[str]:
-    """Set each named OpenBLAS library's thread count ({file name: threads}); returns those set."""
+def _set_counts(counts: dict | int) -> list[str]:
+    """Set the thread count of each named OpenBLAS library ({file name: threads}), or of every one
+    (an int); returns the libraries set."""
     done = []
     for name, lib in _openblas_libraries():
+        n = counts if isinstance(counts, int) else counts.get(name)
         fn = _blas_symbol(lib, "set")
-        if fn is not None and name in counts:
-            fn(int(counts[name]))
+        if fn is not None and n is not None:
+            fn(int(n))
             done.append(name)
     return done
 
