@@ -8,13 +8,14 @@ import math
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
 
 import tinydan as td
+import tinydan.bench.__main__ as entry
 from tinydan import bench
+from tinydan.bench import harness, ucil_step
 from tinydan.tensor import Op, apply
 
 pytestmark = pytest.mark.autograd
@@ -96,8 +97,8 @@ def test_check_compares_every_output_and_gradient(name):
     if name in REGRESSION and not HAVE_TORCH:
         pytest.skip("PyTorch is not installed: the regression benchmarks have no reference")
     case = bench.BENCHMARKS[name].setup()
-    got = [bench._as_array(r) for r in case.tinydan()]
-    ref = [bench._as_array(r) for r in case.reference()]
+    got = [bench.as_array(r) for r in case.tinydan()]
+    ref = [bench.as_array(r) for r in case.reference()]
     bench.compare(name, got, ref, case.rtol, case.atol)          # agrees as built
     assert len(ref) >= 2                                         # an output and >= 1 gradient
     for i in range(len(ref)):                # one wrong entry (the last) in any result is caught
@@ -119,7 +120,7 @@ def test_regression_check_compares_phi_gradients_and_synapse_updates_with_torch(
     case = bench.BENCHMARKS[name].setup()
     assert case.reference_name.startswith("torch")
     got, ref = list(case.tinydan()), list(case.reference())
-    shapes = [bench._as_array(r).shape for r in ref]
+    shapes = [bench.as_array(r).shape for r in ref]
     # the updates of vec0..2 (weight, bias), skip0_2 and skip1_3, for population 1, C = 40
     assert shapes[-8:] == [(1, 1, 1600), (1, 1, 1600), (1, 40, 1600), (1, 1, 1600),
                            (1, 40, 40), (1, 1, 40), (1, 1, 1600), (1, 40, 40)]
@@ -130,13 +131,13 @@ def test_regression_check_compares_phi_gradients_and_synapse_updates_with_torch(
     bench.compare(name, got, ref, case.rtol, case.atol)
     # the synapse updates are (theta' - theta) / lr = the task gradient: 10% off is caught
     bad = list(ref)
-    bad[-1] = bench._as_array(ref[-1]) * 1.1
+    bad[-1] = bench.as_array(ref[-1]) * 1.1
     with pytest.raises(bench.BenchmarkMismatch, match=f"result {len(ref) - 1} "):
         bench.compare(name, got, bad, case.rtol, case.atol)
     # and the step carries its state forward: the second steps agree too, and differ from the first
     got2, ref2 = case.tinydan(), case.reference()
     bench.compare(name, got2, ref2, case.rtol, case.atol)
-    assert not np.array_equal(bench._as_array(got2[-1]), bench._as_array(got[-1]))
+    assert not np.array_equal(bench.as_array(got2[-1]), bench.as_array(got[-1]))
 
 
 @needs_torch
@@ -186,7 +187,7 @@ def test_regression_without_torch_times_tinydan_alone(no_torch, capsys):
     assert math.isnan(r.reference_s) and math.isnan(r.ratio) and r.status == ""
     table = bench.format_table([r])
     row = [c for c in table.splitlines()[-1].split("  ") if c.strip()]      # 2+ spaces apart
-    assert [c.strip() for c in row[:7]] == ["regression_deploy", bench._fmt_time(r.tinydan_s),
+    assert [c.strip() for c in row[:7]] == ["regression_deploy", bench.fmt_time(r.tinydan_s),
                                             "-", "torch (absent)", "-", "<= 1.00x", "-"]
     notes = bench.format_regression_notes([r], [1.0, 1.0, 1.0])
     assert "not installed" in notes and "JAX jit 0.14 ms" in notes
@@ -216,36 +217,60 @@ def test_cli_regression_prints_published_numbers_and_profile(capsys):
     assert "cProfile of 3 tinydan steps of regression_deploy" in out and "tottime" in out
 
 
-def test_ucil_flag_without_the_module_says_so(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tinydan.ucil", None)    # as before ucil.py exists
+def test_ucil_flag_when_the_benchmark_cannot_run_says_so(monkeypatch, capsys):
+    def died(**kwargs):
+        raise RuntimeError("the benchmark subprocess died (exit code -9); out of memory?")
+    monkeypatch.setattr(ucil_step, "bench_paper_meta_step", died)
     assert bench.main(["--ucil", "--threads", "0"]) == 1
     out = capsys.readouterr().out
-    assert "tinydan.ucil does not exist yet" in out
-    assert "benchmark " not in out                            # --ucil alone: no table
-    fake = types.ModuleType("tinydan.ucil")                   # a ucil.py without the hook
-    monkeypatch.setitem(sys.modules, "tinydan.ucil", fake)
-    assert bench.main(["--ucil", "--threads", "0"]) == 1
-    assert "has no bench_paper_meta_step" in capsys.readouterr().out
+    assert "--ucil: the benchmark subprocess died (exit code -9)" in out
+    assert not [s for s in out.splitlines() if s.startswith("benchmark ")]   # alone: no table
 
 
-def test_ucil_flag_calls_the_hook_and_prints_its_result(monkeypatch, capsys, tmp_path):
+def test_ucil_flag_runs_the_paper_step_benchmark_and_prints_its_result(monkeypatch, capsys,
+                                                                      tmp_path):
     seen = []
 
-    def bench_paper_meta_step(quick=False):
-        seen.append(quick)
+    def bench_paper_meta_step(**kwargs):
+        seen.append(kwargs)
         return {"time_per_meta_step_s": 1.25, "peak_memory_bytes": 3 * 2 ** 30,
                 "matmul_peak_fraction": 0.4213}
-    fake = types.ModuleType("tinydan.ucil")
-    fake.bench_paper_meta_step = bench_paper_meta_step
-    monkeypatch.setitem(sys.modules, "tinydan.ucil", fake)
+    monkeypatch.setattr(ucil_step, "bench_paper_meta_step", bench_paper_meta_step)
     out_json = tmp_path / "u.json"
     assert bench.main(["--ucil", "--quick", "--threads", "0", "--json", str(out_json)]) == 0
     out = capsys.readouterr().out
-    assert seen == [True]
+    assert seen == [{}]                                       # its own default repeat
     assert "time_per_meta_step_s: 1.250 s" in out and "3072.0 MiB" in out and "0.4213" in out
+    assert not [s for s in out.splitlines() if s.startswith("benchmark ")]   # alone: no table
     assert json.loads(out_json.read_text())["ucil"]["matmul_peak_fraction"] == 0.4213
+    assert bench.main(["--ucil", "--repeat", "2", "--threads", "0"]) == 0
+    assert seen == [{}, {"repeat": 2}]
     assert bench.main(["--only", "mlp40_b1", "--quick", "--repeat", "1", "--threads", "0"]) == 0
-    assert seen == [True]                                     # --ucil is opt-in
+    assert len(seen) == 2                                     # --ucil is opt-in
+
+
+@pytest.mark.dan
+def test_paper_meta_step_flop_model():
+    """The FLOP estimate: more than the VEC products alone, grows with the batch; the useful work
+    (direct convolutions, no recomputed forward) is less than the work as executed."""
+    from tinydan.ucil import initial_state, ucil_config
+    cfg = ucil_config("paper")
+    net, _ = initial_state(cfg, 0, population=0)
+    assert net.num_synapses() == 38_576_400
+    f = ucil_step.meta_step_flops(cfg, net=net)
+    vec_only = 2.0 * 38_576_400 * (3 * 5 * 3 + 3 * 50 * 2)
+    assert vec_only < f < 5 * vec_only
+    assert ucil_step.meta_step_flops(cfg.replace(meta_batch=10), net=net) < f
+    assert vec_only < ucil_step.meta_step_flops(cfg, as_executed=False, net=net) < f
+    assert ucil_step.meta_step_flops(cfg, "one_step", net=net) > f
+
+
+def test_paper_meta_step_meta_batch_draws_without_repeats():
+    images = np.arange(2 * 3 * 4 * 1, dtype=np.float32).reshape(2, 3, 4, 1)   # (M, T, s, D)
+    xm = ucil_step._meta_batch(images, 12, np.random.default_rng(0))
+    assert xm.shape == (2, 12, 1)
+    for m in range(2):                   # all 12 images of member m, each once, in some order
+        assert sorted(xm[m, :, 0]) == list(images[m].reshape(-1))
 
 
 def test_mlp_gradients_are_the_weight_and_bias_gradients():
@@ -287,14 +312,14 @@ class _Twice(Op):
 
 
 def test_count_ops_counts_forward_and_backward_ops_and_restores_the_classes():
-    before = {c: c.__dict__.get("forward") for c in bench._op_classes()}
+    before = {c: c.__dict__.get("forward") for c in harness._op_classes()}
     x = td.tensor(np.ones(3, np.float32), requires_grad=True)
     n, y = bench.count_ops(lambda: apply(_Twice, x))
     assert n == 1
     ones = np.ones(3, np.float32)
     n, g = bench.count_ops(lambda: td.grad(apply(_Twice, x), x, grad_outputs=ones))
     assert n == 2 and np.allclose(g.data, 2.0)
-    assert {c: c.__dict__.get("forward") for c in bench._op_classes()} == before
+    assert {c: c.__dict__.get("forward") for c in harness._op_classes()} == before
     assert isinstance(_Twice.__dict__["forward"], staticmethod)
     # the MLP step: its 6 to 9 forward ops (3 linear or 3 matmul + 3 add, 2 tanh, mse) and more
     # in the backward
@@ -317,8 +342,11 @@ def test_cli_quick_json_and_list(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "numpy" in text and "BLAS" in text and "CPUs" in text and "mlp40_b1" in text
     assert "ONE BLAS thread" in text
+    assert "BLAS kernel" in text
     data = json.loads(out.read_text())
     assert data["machine"]["numpy"] == np.__version__
+    libs = data["machine"]["blas_library"]
+    assert libs and all({"library", "version", "architecture", "source"} <= set(d) for d in libs)
     (r,) = data["results"]
     assert r["name"] == "mlp40_b1" and len(r["tinydan_samples"]) == 2
     assert bench.main(["--list"]) == 0
@@ -328,29 +356,44 @@ def test_cli_quick_json_and_list(tmp_path, capsys):
 
 
 def test_threads_flag_parsing_and_reexec(monkeypatch):
-    assert bench._threads_from_argv([]) == 1
-    assert bench._threads_from_argv(["--threads", "4"]) == 4
-    assert bench._threads_from_argv(["--quick", "--threads=0"]) == 0
-    for k in bench._BLAS_ENV:
+    assert entry._threads_from_argv([]) == 1
+    assert entry._threads_from_argv(["--threads", "4"]) == 4
+    assert entry._threads_from_argv(["--quick", "--threads=0"]) == 0
+    assert entry._BLAS_ENV == harness.BLAS_ENV         # what is set is what the header reports
+    for k in entry._BLAS_ENV:
         monkeypatch.setenv(k, "7")
-    monkeypatch.delenv(bench._REEXEC_MARKER, raising=False)
+    monkeypatch.delenv(entry._REEXEC_MARKER, raising=False)
     seen = []
 
     def fake_execv(path, args):
         seen.append(args)
         raise SystemExit(0)
-    monkeypatch.setattr(bench.os, "execv", fake_execv)
+    monkeypatch.setattr(entry.os, "execv", fake_execv)
     with pytest.raises(SystemExit):
-        bench._set_blas_threads_or_reexec(["--quick"])
+        entry._set_blas_threads_or_reexec(["--quick"])
     assert seen == [[sys.executable, "-m", "tinydan.bench", "--quick"]]
-    assert all(os.environ[k] == "1" for k in bench._BLAS_ENV)
-    bench._set_blas_threads_or_reexec(["--quick"])         # already set: no second exec
+    assert all(os.environ[k] == "1" for k in entry._BLAS_ENV)
+    entry._set_blas_threads_or_reexec(["--quick"])         # already set: no second exec
     assert len(seen) == 1
+
+
+def test_the_thread_setting_needs_no_numpy():
+    """__main__.py's top (the --threads handling) imports the standard library only, so it can run
+    before NumPy is loaded."""
+    code = ("import importlib.util, sys\n"
+            "sys.modules['numpy'] = None\n"                    # any import of NumPy fails
+            f"spec = importlib.util.spec_from_file_location('entry', {entry.__file__!r})\n"
+            "mod = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(mod)\n"
+            "print(mod._threads_from_argv(['--threads', '3']))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "3"
 
 
 def test_module_entry_point_sets_one_blas_thread():
     env = {k: v for k, v in os.environ.items()
-           if k not in bench._BLAS_ENV and k != bench._REEXEC_MARKER}
+           if k not in entry._BLAS_ENV and k != entry._REEXEC_MARKER}
     p = subprocess.run([sys.executable, "-m", "tinydan.bench", "--only", "mlp40_b1", "--quick",
                         "--repeat", "1"], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
@@ -358,9 +401,32 @@ def test_module_entry_point_sets_one_blas_thread():
 
 
 def test_cpu_clock_option(capsys):
+    assert bench.main(["--only", "mlp40_b1", "--quick", "--repeat", "2", "--threads", "0",
+                       "--clock", "cpu"]) == 0
+    assert "CPU time of this thread" in capsys.readouterr().out
+
+
+def test_cpu_clock_does_not_count_sleeping():
+    import time
+    nap = lambda: time.sleep(0.02)                              # noqa: E731
+    wall, _, _ = bench.time_pair(nap, None, repeat=2, warmup=0, min_sample_s=0.0)
+    cpu, _, _ = bench.time_pair(nap, None, repeat=2, warmup=0, min_sample_s=0.0, clock="cpu")
+    assert min(wall) >= 0.019 and max(cpu) < 0.01
+    with pytest.raises(ValueError, match="clock"):
+        bench.time_pair(nap, None, repeat=1, clock="gpu")
+
+
+def test_blas_library_from_threadpoolctl_or_numpy_config(monkeypatch):
     try:
-        assert bench.main(["--only", "mlp40_b1", "--quick", "--repeat", "2", "--threads", "0",
-                           "--clock", "cpu"]) == 0
-        assert "CPU time of this thread" in capsys.readouterr().out
-    finally:
-        bench.CLOCK = "wall"
+        importlib.import_module("threadpoolctl")
+        libs = harness.blas_library()
+        assert libs and all(d["source"] == "threadpoolctl" for d in libs)
+        if any(d["library"] == "openblas" for d in libs):          # OpenBLAS names its kernel
+            assert all(d["architecture"] for d in libs if d["library"] == "openblas")
+    except ImportError:
+        pass
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)     # as without threadpoolctl
+    libs = harness.blas_library()
+    assert [d["source"] for d in libs] == ["numpy.show_config"]
+    assert libs[0]["library"] and libs[0]["architecture"] is None
+    assert "run-time kernel unknown" in harness._format_kernel(libs)
