@@ -4,9 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from tinydan import ablations
-from tinydan.ablations import SIZES, deploy_plastic, run_study
-from tinydan.models import build_regression_net, regression_config
+from tinydan.experiments import ablations
+from tinydan.experiments.ablation_studies import SIZES, run_study  # noqa: F401
+from tinydan.experiments.ablations import deploy_plastic
+from tinydan.experiments.configs import build_regression_net, regression_config
 from tinydan.regression import build_parser, deploy, main, meta_train, new_trainer
 from tinydan.tasks import EVAL_SEED, SineSequence, sample_functions
 

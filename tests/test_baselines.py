@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 
 import tinydan as td
-from tinydan.baselines import (ReservoirBuffer, WarpNet, ewc_penalty, output_fisher,
+from tinydan.experiments.baselines import (ReservoirBuffer, WarpNet, ewc_penalty, output_fisher,
                                sequential_deploy, warp_width)
-from tinydan.models import PlainMLP, build_regression_net, regression_config
+from tinydan.experiments.configs import build_regression_net, regression_config
+from tinydan.nn import PlainMLP
 from tinydan.tasks import EVAL_SEED, sample_functions
 from tinydan.testing import check_grad
 

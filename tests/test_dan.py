@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import tinydan as td
-from tinydan.models import PlainMLP, build_regression_net, regression_config
+from tinydan.experiments.configs import build_regression_net, regression_config
+from tinydan.nn import PlainMLP
 from tinydan.nn import DANNetwork, MLPDAN, Module, Parameter, functional_call
 from tinydan.testing import check_grad
 

@@ -6,7 +6,7 @@ import pytest
 
 import tinydan as td
 from tinydan.meta import MetaTrainer, inner_step, meta_step
-from tinydan.models import build_regression_net, regression_config
+from tinydan.experiments.configs import build_regression_net, regression_config
 from tinydan.regression import new_trainer
 
 pytestmark = [pytest.mark.meta, pytest.mark.dan]    # Algorithm 1 runs the DAN forward
@@ -293,7 +293,7 @@ def test_a_population_worker_stops_when_its_parent_is_killed(tmp_path):
     script.write_text(
         "import time, numpy as np\n"
         "from tinydan.meta import PopulationSplit\n"
-        "from tinydan.models import build_regression_net, regression_config\n"
+        "from tinydan.experiments.configs import build_regression_net, regression_config\n"
         "net = build_regression_net(regression_config('tiny'), np.random.default_rng(0))\n"
         "split = PopulationSplit(net, 2, 2)\n"
         "print(split.workers[0][0].pid, flush=True)\n"

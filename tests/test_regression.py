@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tinydan.checkpoint import CheckpointError, save_checkpoint
-from tinydan.models import RegressionConfig, regression_config
+from tinydan.experiments.configs import RegressionConfig, regression_config
 from tinydan.regression import (SHIPPED_PHENOTYPE, deploy, load_phenotype, main, meta_train,
                                 new_trainer)
 from tinydan.tasks import EVAL_SEED, VAL_SEED, SineSequence, sample_sines, windows
@@ -155,7 +155,7 @@ def test_shipped_phenotype_loads_and_beats_random_dans():
     assert ph.cfg.name == "default" and "command" in ph.meta
     f = sample_sines(np.random.default_rng(EVAL_SEED), 8)
     r0 = deploy(ph.net, ph.theta0, f, ph.cfg)["R"][:, -1].mean()
-    from tinydan.models import build_regression_net
+    from tinydan.experiments.configs import build_regression_net
     rand = build_regression_net(ph.cfg, np.random.default_rng(99))
     r2 = deploy(rand, ph.theta0, f, ph.cfg)["R"][:, -1].mean()
     assert r0 < 0.5 * r2

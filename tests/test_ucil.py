@@ -10,11 +10,25 @@ import pytest
 import tinydan as td
 from tinydan import ucil
 from tinydan.checkpoint import CheckpointError, load_checkpoint
+from tinydan.experiments.common import ValidationQueue, validation_parts
 from tinydan.meta import meta_step
 from tinydan.nn.dan import ConvDAN
 from tinydan.nn.module import functional_call
 from tinydan.ops.conv import checkpoint_rows, conv2d_rows, dense_conv_weight, max_pool_rows
 from tinydan.testing import check_grad
+
+
+def _patch(monkeypatch, name, value):
+    """Replace ``name`` wherever the UCIL experiment's modules hold it."""
+    import importlib
+    found = False
+    for module in ("ucil", "ucil_cli", "ucil_compare", "ucil_selection", "ucil_data", "configs",
+                   "common"):
+        m = importlib.import_module(f"tinydan.experiments.{module}")
+        if hasattr(m, name):
+            monkeypatch.setattr(m, name, value)
+            found = True
+    assert found, name
 
 pytestmark = pytest.mark.ucil
 
@@ -300,7 +314,7 @@ def test_thick_strokes_sequences(data):
         ucil.ucil_config("tiny", thick_strokes=1.5)
     # resuming a checkpoint written before the field existed: its old value (0.0) is assumed,
     # any other value is refused by _check_newer_fields, naming the flag
-    assert "thick_strokes" not in ucil._expect(cfg0, for_resume=True)["config"]
+    assert "thick_strokes" not in ucil.expect(cfg0, for_resume=True)["config"]
     ucil._check_newer_fields(Path("old.npz"), cfg0, {"config": {}})
     with pytest.raises(CheckpointError, match="--thick-strokes 0.0"):
         ucil._check_newer_fields(Path("old.npz"), ucil.ucil_config("tiny", thick_strokes=0.5),
@@ -407,7 +421,7 @@ def test_deploy_lr_rule(tmp_path, data, monkeypatch):
 
     def refuse(*a, **k):
         raise AssertionError("a recorded deployment lr must not be chosen again")
-    monkeypatch.setattr(ucil, "choose_lr", refuse)
+    _patch(monkeypatch, "choose_lr", refuse)
     assert ucil.deploy_lr(again)[0] == lr
 
 
@@ -421,7 +435,7 @@ def test_choose_lr_reuses_validation(tmp_path, data, monkeypatch):
     assert cfg.inner_lr == 0.01 and np.isclose(v, fresh[0.01], rtol=1e-5)
     calls = []
     real = ucil.deploy
-    monkeypatch.setattr(ucil, "deploy", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    _patch(monkeypatch, "deploy", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
     lr2, reused = ucil.choose_lr(ph.net, ph.theta0, cfg, data, known={0.01: v})
     assert 0.01 not in calls and len(calls) == len(fresh) - 1
     assert lr2 == lr and reused == {**fresh, 0.01: v}
@@ -439,7 +453,7 @@ def test_choose_lr_reuses_validation(tmp_path, data, monkeypatch):
     assert ucil._known_val(net0) == {0.01: 0.25}
     # end to end: the random DANs' inner_lr score in compare is the run's epoch-0 validation
     net0.meta["val_history"] = [(0, 0.125)]
-    monkeypatch.setattr(ucil, "deploy", real)
+    _patch(monkeypatch, "deploy", real)
     res = ucil.compare(net0, tmp_path / "cmp", draws=1, quiet=True, workers=0, data=data,
                        log=lambda *a: None, figures="net0")
     assert res["deploy_lrs"][ucil.RANDOM]["lr_scores"]["0.01"] == 0.125
@@ -497,18 +511,18 @@ def test_lr_source_mnist_val(tmp_path, data, monkeypatch, capsys):
     assert ucil.UCILConfig.from_dict(old).lr_source == "omniglot"
     made_before = ucil.Phenotype(ucil.UCILConfig.from_dict(old), ph.net, ph.theta0, 0,
                                  {"deploy_lr": 0.3, "deploy_lr_scores": {"0.3": 0.1}})
-    assert ucil._recorded_rate_fits(made_before)
+    assert ucil.recorded_rate_fits(made_before)
     made_before.cfg = made_before.cfg.replace(lr_source="mnist-val")
-    assert not ucil._recorded_rate_fits(made_before)
-    assert not ucil._recorded_rate_fits(ucil.Phenotype(cfg.replace(lr_sequences=4), ph.net, ph.theta0,
+    assert not ucil.recorded_rate_fits(made_before)
+    assert not ucil.recorded_rate_fits(ucil.Phenotype(cfg.replace(lr_sequences=4), ph.net, ph.theta0,
                                                        0, dict(again.meta)))   # other count: again
     # the source does not change a meta-training trajectory: a run may be resumed with either
-    assert {"lr_source", "lr_sequences"}.isdisjoint(ucil._expect(cfg, for_resume=True)["config"])
+    assert {"lr_source", "lr_sequences"}.isdisjoint(ucil.expect(cfg, for_resume=True)["config"])
     # `deploy --lr-source` overrides the file's source for that deployment (and chooses again)
     seen = {}
-    monkeypatch.setattr(ucil, "compare", lambda ph, out, **k: seen.update(src=ph.cfg.lr_source,
-                                                                           fits=ucil._recorded_rate_fits(ph)))
-    monkeypatch.setattr(ucil, "_print_verdict", lambda res: None)
+    _patch(monkeypatch, "compare", lambda ph, out, **k: seen.update(src=ph.cfg.lr_source,
+                                                                           fits=ucil.recorded_rate_fits(ph)))
+    _patch(monkeypatch, "_print_verdict", lambda res: None)
     path = ucil.save_phenotype(again, tmp_path / "ph2.npz")
     assert ucil.main(["deploy", "--checkpoint", str(path), "--quiet", "--lr-source", "omniglot",
                       "--out", str(tmp_path / "o")]) == 0
@@ -614,7 +628,7 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
 
     def refuse(*a, **k):
         raise AssertionError("a recorded epoch choice must not be made again")
-    monkeypatch.setattr(ucil, "deploy", refuse)
+    _patch(monkeypatch, "deploy", refuse)
     assert ucil.choose_epoch(again, split) == chosen
     again.cfg = again.cfg.replace(epoch_source="omniglot")
     assert ucil.choose_epoch(again, split) == worst and "epoch_scores" not in again.meta
@@ -628,7 +642,7 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
     stale.meta["epoch_lr"] = 123.0
     with pytest.raises(AssertionError, match="must not be made again"):
         ucil.choose_epoch(stale, split)
-    monkeypatch.setattr(ucil, "deploy", real)
+    _patch(monkeypatch, "deploy", real)
     # another number of rate sequences: chosen again
     other = ucil.load_phenotype(tmp_path / "chosen.npz")
     other.cfg = other.cfg.replace(lr_sequences=3)
@@ -639,7 +653,7 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
         ucil.ucil_config("tiny", epoch_source="mnist-val")
     with pytest.raises(ValueError, match="epoch_source must be one of"):
         ucil.ucil_config("tiny", epoch_source="mnist")
-    assert "epoch_source" not in ucil._expect(cfg, for_resume=True)["config"]
+    assert "epoch_source" not in ucil.expect(cfg, for_resume=True)["config"]
     parse = ucil.build_parser().parse_args
     assert ucil.ucil_config("small").epoch_source == "mnist-val"
     assert ucil.ucil_config("paper").epoch_source == "omniglot"
@@ -650,9 +664,9 @@ def test_choose_epoch_on_mnist_val(tmp_path, data, monkeypatch, capsys):
     assert "needs lr_source 'mnist-val'" in capsys.readouterr().err
     # `deploy --lr-source omniglot` chooses the epoch on Omniglot too, and says so
     seen = {}
-    monkeypatch.setattr(ucil, "compare", lambda ph, out, **k: seen.update(
+    _patch(monkeypatch, "compare", lambda ph, out, **k: seen.update(
         lr=ph.cfg.lr_source, epoch=ph.cfg.epoch_source))
-    monkeypatch.setattr(ucil, "_print_verdict", lambda res: None)
+    _patch(monkeypatch, "_print_verdict", lambda res: None)
     assert ucil.main(["deploy", "--checkpoint", str(tmp_path / "chosen.npz"), "--quiet",
                       "--lr-source", "omniglot", "--out", str(tmp_path / "o")]) == 0
     assert seen == {"lr": "omniglot", "epoch": "omniglot"}
@@ -687,16 +701,16 @@ def test_cached_data_keeps_the_split_apart(monkeypatch):
     """_cached_data: a config choosing rates on MNIST's validation half never gets the whole-test-set
     data of an Omniglot config (nor the reverse), and a rate-choosing job gets the split data."""
     loads = []
-    monkeypatch.setattr(ucil, "_DATA_CACHE", {})
-    monkeypatch.setattr(ucil, "load_data", lambda cfg, mnist=True: loads.append((cfg.lr_source, mnist))
+    _patch(monkeypatch, "_DATA_CACHE", {})
+    _patch(monkeypatch, "load_data", lambda cfg, mnist=True: loads.append((cfg.lr_source, mnist))
                         or object())
     omni = ucil.ucil_config("tiny")
     val = omni.replace(lr_source="mnist-val")
-    a, b = ucil._cached_data(omni, True), ucil._cached_data(val, True)
+    a, b = ucil.cached_data(omni, True), ucil.cached_data(val, True)
     assert a is not b and loads == [("omniglot", True), ("mnist-val", True)]
-    assert ucil._cached_data(val, False, rates=True) is b          # choosing rates: the split data
-    assert ucil._cached_data(omni, False, rates=True) is ucil._cached_data(omni, False) is not a
-    assert ucil._cached_data(val, False) is ucil._cached_data(omni, False)   # no MNIST: the same
+    assert ucil.cached_data(val, False, rates=True) is b          # choosing rates: the split data
+    assert ucil.cached_data(omni, False, rates=True) is ucil.cached_data(omni, False) is not a
+    assert ucil.cached_data(val, False) is ucil.cached_data(omni, False)   # no MNIST: the same
     assert loads[2:] == [("omniglot", False)]
 
 
@@ -715,7 +729,7 @@ def test_phi0_screening(tmp_path, data, monkeypatch):
     want = ucil.deploy(nets[1][0], nets[1][1], seqs, cfg.deploy_steps, cfg.inner_lr)["R"][:, -1].mean()
     assert np.isclose(ucil._screen_score(cfg, 0, 1, seqs), want, rtol=1e-6)
     # the choice: the argmin (fake scores make candidate 2 the best), inline
-    monkeypatch.setattr(ucil, "_screen_score", lambda c, seed, k, s: [0.3, 0.2, 0.1][k])
+    _patch(monkeypatch, "_screen_score", lambda c, seed, k, s: [0.3, 0.2, 0.1][k])
     assert ucil.screen_phi0(cfg, 0, data, quiet=True, workers=0) == (2, [0.3, 0.2, 0.1])
     ph = ucil.meta_train(cfg, 0, tmp_path / "run", quiet=True, workers=0, data=data,
                          log=lambda *a: None)
@@ -726,7 +740,7 @@ def test_phi0_screening(tmp_path, data, monkeypatch):
     again = ucil.load_phenotype(ucil.save_phenotype(ph, tmp_path / "ph.npz"))
     assert again.meta["phi0_candidate"] == 2
     # --resume keeps the candidate without screening again
-    monkeypatch.setattr(ucil, "screen_phi0", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    _patch(monkeypatch, "screen_phi0", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     more = ucil.meta_train(cfg.replace(meta_epochs=2), 0, tmp_path / "run", resume=True, quiet=True,
                            workers=0, data=data, log=lambda *a: None)
     assert more.meta["phi0_candidate"] == 2 and more.meta["phi0_screen"] == [0.3, 0.2, 0.1]
@@ -746,7 +760,7 @@ def test_phi0_screening(tmp_path, data, monkeypatch):
 
 
 def _race(cfg, out, data, screen_scores, monkeypatch, resume=False):
-    monkeypatch.setattr(ucil, "_screen_score", lambda c, seed, k, s: screen_scores[k])
+    _patch(monkeypatch, "_screen_score", lambda c, seed, k, s: screen_scores[k])
     return ucil.meta_train(cfg, 0, out, resume=resume, quiet=True, workers=0, data=data,
                            log=lambda *a: None, processes=1)
 
@@ -807,19 +821,19 @@ def test_race_of_starts(tmp_path, data, monkeypatch):
               [0.1, 0.3, 0.2], monkeypatch, resume=True)
     # a crash between the race and the winner's first saved epoch: OUT/checkpoint.npz already
     # holds the race's record, and --resume goes on from it without racing again
-    real_run = ucil._meta_train_run
+    real_run = ucil.meta_train_run
 
     def crash_on_out(cfg_, seed, out_dir, *a, **k):
         if Path(out_dir) == tmp_path / "c":
             raise KeyboardInterrupt
         return real_run(cfg_, seed, out_dir, *a, **k)
-    monkeypatch.setattr(ucil, "_meta_train_run", crash_on_out)
+    _patch(monkeypatch, "meta_train_run", crash_on_out)
     with pytest.raises(KeyboardInterrupt):
         _race(cfg, tmp_path / "c", data, [0.1, 0.3, 0.2], monkeypatch)
     _, meta = load_checkpoint(tmp_path / "c" / "checkpoint.npz")
     assert meta["phi0_starts"] == runs["a"].meta["phi0_starts"] and meta["epoch"] == 1
-    monkeypatch.setattr(ucil, "_meta_train_run", real_run)
-    monkeypatch.setattr(ucil, "screen_phi0", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    _patch(monkeypatch, "meta_train_run", real_run)
+    _patch(monkeypatch, "screen_phi0", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     done = _race(cfg, tmp_path / "c", data, [0.1, 0.3, 0.2], monkeypatch, resume=True)
     assert done.meta["phi0_starts"] == runs["a"].meta["phi0_starts"]
     assert done.meta["val_history"] == runs["a"].meta["val_history"]
@@ -897,7 +911,7 @@ def test_shipped_phenotype_loads_and_deploys(data):
     ph = ucil.load_phenotype(ucil.SHIPPED_PHENOTYPE, ucil.ucil_config("small"))
     assert ph.cfg.name == "small" and "command" in ph.meta and "note" not in ph.meta
     # the rate and meta-epoch are recorded: `python -m tinydan.ucil deploy` chooses nothing again
-    assert ph.meta["deployed_epoch_source"] == "mnist-val" and ucil._recorded_rate_fits(ph)
+    assert ph.meta["deployed_epoch_source"] == "mnist-val" and ucil.recorded_rate_fits(ph)
     assert ph.meta["deployed_epoch"] in ph.snapshots and ph.meta["epoch_lr"] == ph.meta["deploy_lr"]
     seqs = ucil.mnist_sequences(ph.cfg.replace(lr_source="omniglot", epoch_source="omniglot"), data,
                                 1)[:, :2]                                        # it runs
@@ -922,7 +936,8 @@ def test_cli_config_flags():
     assert default.meta_epochs == 8
     assert default.lr_source == "mnist-val" and ucil.ucil_config("paper").lr_source == "omniglot"
     assert ucil._config_from_args(parse(["run", "--lr-source", "omniglot"])).lr_source == "omniglot"
-    assert ucil._config_from_args(parse(["meta-train", "--lr-source", "omniglot"])).lr_source == "omniglot"
+    with pytest.raises(SystemExit):            # meta-train takes no deployment options
+        parse(["meta-train", "--lr-source", "omniglot"])
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):
@@ -948,16 +963,6 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "cannot read checkpoint" in capsys.readouterr().err
 
 
-def test_bench_hook_flop_model():
-    """The benchmark's FLOP estimate: more than the VEC products alone, grows with the batch."""
-    cfg = ucil.ucil_config("paper")
-    f = ucil.meta_step_flops(cfg)
-    vec_only = 2.0 * 38_576_400 * (3 * 5 * 3 + 3 * 50 * 2)
-    assert vec_only < f < 5 * vec_only
-    assert ucil.meta_step_flops(cfg.replace(meta_batch=10)) < f
-    assert vec_only < ucil.meta_step_flops(cfg, as_executed=False) < f
-
-
 def test_validation_in_parts_and_meta_training_across_processes(tmp_path, data):
     """validate(part=...) weighted over the parts is the whole validation (the last validation of a
     run is split between this process and the pool); meta-training with the population split
@@ -965,11 +970,11 @@ def test_validation_in_parts_and_meta_training_across_processes(tmp_path, data):
     cfg = ucil.ucil_config("tiny")
     net, theta0 = ucil.initial_state(cfg, 0, population=1)
     whole = ucil.validate(net, theta0, cfg, data)
-    parts = ucil._validation_parts(cfg, 2)
+    parts = validation_parts(cfg.val_sequences, 2)
     assert len(parts) == 2 and sum(w for _, w in parts) == pytest.approx(1.0)
     split = sum(w * ucil.validate(net, theta0, cfg, data, part=p) for p, w in parts)
     assert split == pytest.approx(whole, rel=1e-5)
-    assert len(ucil._validation_parts(cfg.replace(val_sequences=1), 2)) == 1
+    assert len(validation_parts(1, 2)) == 1
 
     runs = {n: ucil.meta_train(cfg.replace(meta_epochs=1), 0, tmp_path / str(n), quiet=True,
                                workers=1, data=data, log=lambda *a: None, processes=n)
@@ -998,7 +1003,7 @@ def test_validation_queue_feeds_the_pool_one_part_at_a_time_and_shares_the_rest(
     the pool's part there, and every snapshot's score is the weighted sum of its halves."""
     calls = []
 
-    def fake_job(cfg_dict, phi, seed, part):
+    def fake_job(cfg_dict, seed, phi, part):
         calls.append((phi["v"], part))
         return phi["v"] + part[0]                              # the two halves score differently
 
@@ -1033,10 +1038,9 @@ def test_validation_queue_feeds_the_pool_one_part_at_a_time_and_shares_the_rest(
             here.append(args[-1])
         return fake_job(*args)
 
-    monkeypatch.setattr(ucil, "_validate_job", job)
     pool, results = FakePool(), []
-    q = ucil._ValidationQueue(pool, ucil.ucil_config("tiny", val_sequences=3), 0,
-                              lambda e, v, phi: results.append((e, v, phi["v"])))
+    q = ValidationQueue(pool, job, ({}, 0), validation_parts(3, 2),
+                        lambda e, v, phi: results.append((e, v, phi["v"])))
     q.submit(0, {"v": 1.0})
     q.submit(2, {"v": 2.0})
     assert len(pool.futs) == 1 and len(q.queue) == 3           # one part in the pool at a time

@@ -1,12 +1,13 @@
 """tinydan: Deep Artificial Neurons from scratch, on NumPy.
 
-The engine (``Tensor``, ``grad``, ``no_grad`` and the ops) is at the bottom; ``tinydan.nn`` builds
-VECs and DANs on it; ``tinydan.meta`` is Algorithm 1; ``tinydan.regression`` and ``tinydan.ucil``
-are the paper's two experiments.
+The engine (``Tensor``, ``grad``, ``no_grad``, the ops, ``testing``) is at the bottom; the library
+above it: ``tinydan.nn`` (Modules, VECs and DANs), ``tinydan.optim``, ``tinydan.meta`` (Algorithm 1
+of the paper), tasks, datasets and the continual-learning metrics; on top, the paper's two
+experiments in ``tinydan.experiments`` (``python -m tinydan.regression``, ``python -m tinydan.ucil``).
 """
 from __future__ import annotations
 
-from . import ops
+from . import nn, ops, optim, testing
 from .autograd import backward, enable_grad, grad, is_grad_enabled, no_grad, set_grad_enabled
 from .ops import (abs, add, broadcast_to, concatenate, conv2d, div, exp, getitem, im2col,
                   leaky_relu, linear, log, log_softmax, matmul, max, max_pool2d, maximum, mean, min,
@@ -19,7 +20,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "Tensor", "tensor", "Op", "apply", "grad", "backward", "no_grad", "enable_grad",
-    "is_grad_enabled", "set_grad_enabled", "ops",
+    "is_grad_enabled", "set_grad_enabled", "ops", "nn", "optim", "testing",
     "abs", "add", "broadcast_to", "col2im", "concatenate", "conv2d", "div", "exp", "getitem",
     "im2col", "leaky_relu", "linear", "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean",
     "min", "minimum", "mse_loss", "mul", "neg", "pad", "permute", "pow", "relu", "reshape",

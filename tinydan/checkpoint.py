@@ -35,6 +35,7 @@ import numpy as np
 
 __all__ = [
     "CheckpointError",
+    "write_atomic",
     "META_KEY",
     "FORMAT_VERSION",
     "save_checkpoint",
@@ -100,6 +101,25 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def write_atomic(path, data) -> Path:
+    """Write ``data`` (str or bytes) to ``path`` atomically: a temporary file in the same folder,
+    flushed to disk, then renamed over ``path``; a failed write leaves the previous file intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
 
 
 def save_checkpoint(path, arrays: Mapping[str, np.ndarray], meta: Mapping, compress: bool = False) -> Path:

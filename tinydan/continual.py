@@ -202,19 +202,56 @@ def ci_overlap(a, b):
     return bool(overlap) if overlap.ndim == 0 else overlap
 
 
-def choose_on_validation(final_losses, grid) -> tuple:
+def _finite_mean(values) -> float:
+    with np.errstate(all="ignore"):
+        m = float(np.mean(values))
+    return m if math.isfinite(m) else float("inf")
+
+
+def choose_on_validation(final_losses, grid, *, stable: bool = False, known=None, submit=None,
+                         width: int = 1) -> tuple:
     """argmin over v in ``grid`` of mean(final_losses(v)): (best value, {value: mean}).
 
-    ``final_losses(v)`` gives the final loss of every validation sequence for the hyper-parameter
-    value v. One criterion for every tuned baseline (the MEAN over sequences, the figure the
-    results report); a non-finite mean (a diverged run) is never chosen unless all are.
+    The one rule every tuned hyper-parameter of tinydan is chosen by, on validation tasks only.
+    ``final_losses(v)`` gives the final loss of every validation sequence (or their mean) for the
+    value v; the criterion is the MEAN over sequences, the figure the results report. A non-finite
+    mean (a diverged run) scores inf and is never chosen unless all are.
+
+    ``stable`` (learning rates): the grid is tried in increasing order, rates above the first one
+    that diverges are not tried, and the choice is among the rates whose next larger rate did not
+    diverge either: a margin, since plain SGD at the edge of stability on the validation tasks can
+    diverge on the test tasks. ``known`` {v: score}: scores measured already, used as they are.
+    ``submit(v)`` (with ``width`` > 1): a Future scoring v elsewhere; ``width`` values are then
+    scored side by side, the first of each batch here.
     """
-    scores = {}
-    for v in grid:
-        with np.errstate(all="ignore"):
-            m = float(np.mean(final_losses(v)))
-        scores[float(v)] = m if math.isfinite(m) else float("inf")
-    return min(scores, key=scores.get), scores
+    known = {float(k): float(v) for k, v in (known or {}).items()}
+    if not stable:
+        scores = {}
+        for v in grid:
+            scores[float(v)] = known[float(v)] if float(v) in known else _finite_mean(final_losses(v))
+        return min(scores, key=scores.get), scores
+    lrs = sorted(grid)
+    width = max(1, int(width)) if submit is not None else 1
+    scores: dict = {}
+    todo = list(lrs)
+    while todo:
+        batch, todo = todo[:width], todo[width:]
+        fresh = [lr for lr in batch if float(lr) not in known]
+        futures = {lr: submit(lr) for lr in fresh[1:]}
+        for lr in batch:
+            if float(lr) in known:
+                scores[lr] = known[float(lr)]
+            elif lr in futures:
+                scores[lr] = futures[lr].result()
+            else:
+                scores[lr] = _finite_mean(final_losses(lr))
+        diverged = [lr for lr in batch if not np.isfinite(scores[lr])]
+        if diverged:                            # larger rates diverge too
+            scores = {lr: v for lr, v in scores.items() if lr <= diverged[0]}
+            break
+    safe = [lr for lr, nxt in zip(lrs, lrs[1:]) if nxt in scores and np.isfinite(scores[nxt])]
+    candidates = safe or [lr for lr in scores if np.isfinite(scores[lr])] or lrs[:1]
+    return min(candidates, key=scores.get), scores
 
 
 # ---------------------------------------------------------------------------------------------------

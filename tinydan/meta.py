@@ -67,9 +67,17 @@ def _as_leaves(theta: dict, copy: bool = False) -> dict:
     return {k: Tensor(np.array(a) if copy else a, requires_grad=True) for k, a in arrays.items()}
 
 
-def inner_step(net: DANNetwork, theta: dict, x, y, lr: float, create_graph: bool = False):
-    """theta' = theta - lr * grad_theta L_task(theta, phi); returns (theta', L_task)."""
+def inner_step(net: DANNetwork, theta: dict, x, y, lr: float, create_graph: bool = False,
+               in_place: bool = False):
+    """theta' = theta - lr * grad_theta L_task(theta, phi); returns (theta', L_task).
+
+    ``in_place`` (plain numbers, a DANNetwork): the writable leaves of ``theta`` are overwritten
+    and returned as theta' (own them), by the fused kernel ``_sgd_kernel``: the same update, one
+    pass over each synapse matrix.
+    """
     # BEGIN SOLUTION
+    if in_place and not create_graph and isinstance(net, DANNetwork):
+        return _sgd_kernel(net, theta, x, y, lr)
     names = list(theta)
     loss = task_loss(net, theta, _t(x), _t(y))
     grads = grad(loss, [theta[k] for k in names], create_graph=create_graph)
@@ -93,26 +101,32 @@ def inner_step(net: DANNetwork, theta: dict, x, y, lr: float, create_graph: bool
     # END SOLUTION
 
 
-def deploy_step(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, float]:
-    """One deployment SGD step on the synapses with phi fixed; returns (theta', loss)."""
-    new, loss = inner_step(net, theta, x, y, lr, create_graph=False)
+def deploy_step(net: DANNetwork, theta: dict, x, y, lr: float,
+                in_place: bool = False) -> tuple[dict, float]:
+    """One deployment SGD step on the synapses with phi fixed; returns (theta', loss per member)."""
+    new, loss = inner_step(net, theta, x, y, lr, create_graph=False, in_place=in_place)
     return new, float(loss.data) / x.shape[0]
 
 
 def sgd_step_(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, float]:
-    """deploy_step in place: W <- W - lr * a^T dL/dz for every synapse tensor, one GEMM per member.
+    """``deploy_step`` in place: theta's owned leaves are overwritten (``inner_step(in_place=True)``)."""
+    return deploy_step(net, theta, x, y, lr, in_place=True)
 
-    The same update as ``deploy_step`` (phi fixed, plain SGD; equal up to float rounding: BLAS
+
+def _sgd_kernel(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, Tensor]:
+    """The fused kernel of ``inner_step(in_place=True)``: W <- W - lr * a^T dL/dz, one GEMM per
+    member, for every synapse tensor.
+
+    The same update as the plain path (phi fixed, plain SGD; equal up to float rounding: BLAS
     rounds -lr a^T dz + W once), without a gradient array per synapse tensor: the backward stops
     at the VEC sums z (``DANNetwork.forward(record=...)``) and BLAS adds -lr a_m^T dz_m into W_m
     directly (GEMM with beta = 1), so each synapse matrix is read and written once per step instead
-    of four times. Deployment is memory-bound (millions of synapses
-    per member, five images), so this is where its time goes. ``theta``: leaf Tensors with
-    requires_grad and a writable array are updated in place (the caller must own them); anything
-    else (NumPy arrays, read-only arrays, other Tensors) is copied first. Returns (theta, loss per
-    member).
+    of four times. Deployment is memory-bound (millions of synapses per member, five images), so
+    this is where its time goes. Leaf Tensors with requires_grad and a writable array are updated
+    in place; anything else is copied first. Returns (theta', L_task).
     """
     from scipy.linalg.blas import get_blas_funcs
+
     def owned(v):
         return isinstance(v, Tensor) and v.requires_grad and v._op is None and v.data.flags.writeable
     th = {k: v if owned(v) else Tensor(np.array(v.data if isinstance(v, Tensor) else v),
@@ -121,8 +135,8 @@ def sgd_step_(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, floa
     x, y = _t(x), _t(y)
     loss = ops.mul(ops.mse_loss(net(x, th, record=rec), y), float(x.shape[0]))
     if set(rec) != set(th):
-        raise ValueError(f"sgd_step_ updates the synapses a DANNetwork records; got {sorted(th)}, "
-                         f"the network uses {sorted(rec)}")
+        raise ValueError(f"an in-place step updates the synapses a DANNetwork records; got "
+                         f"{sorted(th)}, the network uses {sorted(rec)}")
     zs = list({id(z): z for _, z in rec.values()}.values())
     dz = {id(z): g.data for z, g in zip(zs, grad(loss, zs))}
     for name, (a, z) in rec.items():
@@ -135,7 +149,7 @@ def sgd_step_(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, floa
             out = gemm(-lr, g[m], a.data[m], beta=1.0, c=W[m].T, trans_a=1, overwrite_c=1)
             if not np.shares_memory(out, W[m]):              # BLAS could not write in place
                 W[m] = out.T
-    return th, float(loss.data) / x.shape[0]
+    return th, loss
 
 
 def _t(a) -> Tensor:
@@ -148,20 +162,17 @@ def meta_step(net: DANNetwork, theta: dict, x_task, y_task, x_meta, y_meta, inne
 
     Returns (theta_{t+1} as new leaves, grads of the meta-loss w.r.t. ``phi`` (default: all of
     ``net``'s Parameters), task loss per member, meta-loss). ``in_place`` (first_order on a
-    DANNetwork; ignored otherwise): the inner step is ``sgd_step_``, which overwrites the writable
-    leaves of ``theta`` (own them) and returns them as theta_{t+1}; the same update up to float
+    DANNetwork; ignored otherwise): the inner step overwrites the writable leaves of ``theta``
+    (own them) and returns them as theta_{t+1} (``inner_step``); the same update up to float
     rounding, faster.
     """
-    if in_place and meta_grad == "first_order" and isinstance(net, DANNetwork):
-        theta1, lt = sgd_step_(net, theta, x_task, y_task, inner_lr)
-        gphi, lm = meta_gradient(net, theta1, x_meta, y_meta, phi)
-        return theta1, gphi, lt, lm
     # BEGIN SOLUTION
     if meta_grad not in META_GRADS:
         raise ValueError(f"meta_grad must be one of {META_GRADS}, got {meta_grad!r}")
     phi = net.parameters() if phi is None else phi
     one_step = meta_grad == "one_step"
-    theta1, loss = inner_step(net, theta, x_task, y_task, inner_lr, create_graph=one_step)
+    theta1, loss = inner_step(net, theta, x_task, y_task, inner_lr, create_graph=one_step,
+                              in_place=in_place)
     if not one_step:
         theta1_const = {k: wrap(v.data) for k, v in theta1.items()}
     else:

@@ -1,12 +1,14 @@
-"""Use the machine's second core: run independent jobs (validation, baselines) in a worker process.
+"""One way to run independent jobs side by side: ``Workers``, a ``concurrent.futures.Executor``.
 
-Meta-training is one sequential chain of steps, but deploying a phi snapshot on validation
-functions, or deploying a baseline, does not depend on it. ``Workers`` runs such jobs in a process
-pool when there is more than one core, and inline otherwise, with the same interface:
-``submit(fn, *args)`` returns an object with ``.result()`` and ``.done()``. Jobs must be
-module-level functions with picklable arguments. On Linux the pool forks (no re-import of the
-caller's script, so scripts without an ``if __name__ == "__main__":`` guard work too); elsewhere it
-spawns. If the pool cannot start or breaks, jobs run inline with a warning: never a lost run.
+Meta-training is one sequential chain of steps, but deploying a phi snapshot on validation tasks,
+deploying a baseline, an ablation cell or a share of the population's members does not depend on
+it. ``Workers(n)`` runs such jobs in a pool of ``n`` worker processes (default: the cores but one),
+or inline in this process with ``n = 0``, with the same interface: ``submit(fn, *args)`` returns a
+Future. Anything that takes a ``Workers`` takes any other Executor too (a cluster library's).
+Jobs must be module-level functions with picklable arguments. On Linux the pool forks (no
+re-import of the caller's script); elsewhere it spawns. If the pool cannot start or breaks, jobs
+run inline with a warning: never a lost run. Workers exit when their parent dies (a watchdog
+thread), so a killed run leaves no orphans.
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ import ctypes
 import os
 import sys
 import warnings
-from concurrent.futures import Future, ProcessPoolExecutor
+import threading
+import time
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-__all__ = ["Workers", "usable_cores", "set_blas_threads", "blas_threads", "one_blas_thread",
+__all__ = ["tune_allocator", "Workers", "executor_width", "usable_cores", "watch_parent", "set_blas_threads", "blas_threads", "one_blas_thread",
            "start_process", "parent_gone", "mp_context"]
 
 
@@ -37,7 +41,21 @@ def mp_context():
     return get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
+def watch_parent(interval: float = 1.0) -> None:
+    """Exit this (worker) process as soon as its parent has died: a daemon thread compares the
+    parent's pid every ``interval`` seconds (a killed parent cannot tell its workers to stop)."""
+    parent = os.getppid()
+
+    def watch():
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="tinydan-watch-parent").start()
+
+
 def _init_worker(nice: int = 0):
+    watch_parent()
     # one BLAS thread per process: the point is to use the cores with processes, not threads
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
@@ -48,7 +66,12 @@ def _init_worker(nice: int = 0):
             pass
 
 
-class Workers:
+def executor_width(pool) -> int:
+    """Workers an executor runs jobs on beside this process (0: inline; 1 for a foreign one)."""
+    return int(getattr(pool, "n", 1)) if pool is not None else 0
+
+
+class Workers(Executor):
     """A process pool of ``n`` workers (default: cores - 1), or inline execution when n == 0.
 
     ``nice`` > 0 lowers the workers' priority: their jobs fill what the caller's processes leave
@@ -61,7 +84,7 @@ class Workers:
             self._pool = ProcessPoolExecutor(self.n, mp_context=mp_context(),
                                              initializer=_init_worker, initargs=(int(nice),))
 
-    def submit(self, fn, *args, **kwargs) -> Future:
+    def submit(self, fn, /, *args, **kwargs) -> Future:
         """Run fn(*args, **kwargs) in a worker (or now, inline) and return a Future."""
         if self._pool is not None:
             try:
@@ -77,17 +100,15 @@ class Workers:
             f.set_exception(e)
         return f
 
-    def close(self) -> None:
-        """Wait for running jobs and stop the workers."""
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the workers (after the running jobs, with ``wait``)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=False)
+            self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
             self._pool = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    def close(self) -> None:
+        """Wait for running jobs and stop the workers."""
+        self.shutdown(wait=True)
 
 
 def _openblas_libraries() -> list:
@@ -210,3 +231,19 @@ def parent_gone(conn, timeout: float | None = None) -> bool:
     parent = multiprocessing.parent_process()
     ready = wait([conn] + ([parent.sentinel] if parent is not None else []), timeout)
     return conn not in ready and bool(ready)
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process (glibc): mmap threshold 512 MiB, trim threshold 1 GiB.
+
+    Every op allocates its output, and glibc hands blocks above its mmap threshold back to the
+    kernel on free, so the next op page-faults and zero-fills them again: half the CPU time of a
+    DAN layer went to the kernel. With these settings the blocks are reused. Linux/glibc only;
+    returns whether it applied.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 512 << 20)) and bool(libc.mallopt(-1, 1 << 30))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False

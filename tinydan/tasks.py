@@ -1,4 +1,6 @@
-"""The incremental sine-regression task stream (paper 4.1, SPEC section 3). Plain NumPy.
+"""The task streams of both experiments (paper sections 4.1 and 4.2). Plain NumPy.
+
+Incremental sine regression:
 
 A task sequence is one target function y = a0 sin(r0 x + p0) + a1 sin(r1 x + p1) with
 a ~ U(0, 2), r ~ U(0, pi/3), p ~ U(-5, 5), learned window by window: the domain [-5, 5] is cut into
@@ -9,6 +11,9 @@ population during meta-training, the held-out functions at deployment).
 Config ``authors`` (the authors' notebook) uses another family, see ``sample_authors_sines``:
 y = (a0 sin(r0 x + p0) + a1 cos(r1 x + p1)) / 2 with Gaussian noise on the training targets.
 ``sample_functions(cfg, rng, n, split)`` picks the family of a config.
+
+Unsupervised class-incremental learning: ``sample_sequences`` draws sequences of classes of images,
+``ClassSequences`` serves them to meta-training (one class after the other, an autoencoder's x = y).
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["SineFunctions", "SineSequence", "sample_sines", "sample_authors_sines",
-           "sample_functions", "windows", "EVAL_SEED", "VAL_SEED"]
+           "sample_functions", "windows", "EVAL_SEED", "VAL_SEED", "sample_sequences",
+           "ClassSequences"]
 
 # Held-out functions come from these seeds, which meta-training never uses (it draws from
 # np.random.default_rng([seed, 1])).
@@ -159,3 +165,46 @@ class SineSequence:
         xs = np.concatenate([np.linspace(lo, hi, per_window) for lo, hi in self.windows])
         x = np.broadcast_to(xs, (len(self.f), len(xs))).astype(self.dtype)
         return x[..., None], self.f(x)[..., None].astype(self.dtype)
+
+
+def sample_sequences(images: np.ndarray, labels: np.ndarray, class_pool, n_sequences: int,
+                     n_classes: int, shots: int, rng: np.random.Generator,
+                     ordered: bool = False) -> np.ndarray:
+    """(n_sequences, n_classes, shots, D) images: per sequence ``n_classes`` distinct classes from
+    ``class_pool`` (in random order, or in the pool's order when ``ordered``), ``shots`` images each."""
+    from .datasets import sample_class_sequence
+    pool = np.asarray(class_pool)
+    out = np.empty((n_sequences, n_classes, shots, images.shape[1]), images.dtype)
+    for s in range(n_sequences):
+        ids = pool[:n_classes] if ordered else rng.choice(pool, size=n_classes, replace=False)
+        out[s] = sample_class_sequence((images, labels), n_per_class=shots, rng=rng, class_ids=ids)[0]
+    return out
+
+
+class ClassSequences:
+    """One class-incremental sequence per population member, as ``MetaTrainer`` consumes them.
+
+    ``images`` (M, T, s, D). ``inner_batches()`` yields the current class's s images (x = y: an
+    autoencoder) ``steps`` times per class, class after class; ``meta_batch(rng)`` draws
+    ``meta_batch`` images per member from the WHOLE sequence (seen and unseen classes: memory +
+    transfer), without replacement.
+    """
+
+    def __init__(self, images: np.ndarray, steps: int, meta_batch: int):
+        self.images = images
+        self.steps, self.meta_batch_size = int(steps), int(meta_batch)
+        self.current_class = 0
+
+    def inner_batches(self):
+        for t in range(self.images.shape[1]):
+            self.current_class = t
+            x = self.images[:, t]                                    # (M, s, D)
+            for _ in range(self.steps):
+                yield x, x
+
+    def meta_batch(self, rng: np.random.Generator):
+        M, T, s, D = self.images.shape
+        flat = self.images.reshape(M, T * s, D)
+        idx = np.argsort(rng.random((M, T * s)), axis=1)[:, :self.meta_batch_size]
+        x = np.take_along_axis(flat, idx[..., None], axis=1)         # (M, B, D)
+        return x, x

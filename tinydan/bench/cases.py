@@ -422,7 +422,7 @@ def regression_deploy() -> Case:
 def ucil_deploy_step() -> Case:
     """UCIL `small` deployment step, 6 draws at once: sgd_step_ (in place) vs deploy_step."""
     from tinydan.meta import deploy_step, sgd_step_
-    from tinydan.ucil import initial_state, ucil_config
+    from tinydan.experiments.configs import initial_state, ucil_config
     cfg = ucil_config("small")
     G, lr = 6, 1.0
     net, theta0 = initial_state(cfg, 0, population=1)
@@ -451,7 +451,7 @@ def ucil_deploy_step() -> Case:
 def ucil_meta_step() -> Case:
     """UCIL `small` meta-step (M = 3, first_order): the fast paths vs the generic ones."""
     from tinydan.meta import meta_step
-    from tinydan.ucil import initial_state, ucil_config
+    from tinydan.experiments.configs import initial_state, ucil_config
     cfg = ucil_config("small")
     fast, theta0 = initial_state(cfg, 0)
     slow, _ = initial_state(cfg, 0)
@@ -485,7 +485,7 @@ def ucil_meta_step_2proc() -> Case:
     """UCIL `small` meta-step (M = 3, first_order, fast paths): members split over 2 processes
     (``PopulationSplit``, what ``python -m tinydan.ucil`` runs on 2 cores) vs one process."""
     from tinydan.meta import PopulationSplit, meta_step
-    from tinydan.ucil import initial_state, ucil_config
+    from tinydan.experiments.configs import initial_state, ucil_config
     cfg = ucil_config("small")
     net, theta0 = initial_state(cfg, 0)
     r = _rng(6)

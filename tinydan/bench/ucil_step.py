@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tinydan.parallel import tune_allocator
+
 if TYPE_CHECKING:
-    from tinydan.ucil import UCILConfig
+    from tinydan.experiments.configs import UCILConfig
 
 __all__ = ["tune_allocator", "sgemm_gflops", "meta_step_flops", "bench_paper_meta_step",
            "PYTORCH_REFERENCE"]
@@ -26,23 +28,6 @@ __all__ = ["tune_allocator", "sgemm_gflops", "meta_step_flops", "bench_paper_met
 #: its time with 2 and with 1 intra-op threads, and its peak memory.
 PYTORCH_REFERENCE = {"pytorch_cpu_2_threads_seconds": 6.65, "pytorch_cpu_1_thread_seconds": 10.7,
                      "pytorch_peak_gib": 3.95}
-
-
-def tune_allocator() -> bool:
-    """Keep freed memory in the process (glibc): mmap threshold 512 MiB, trim threshold 1 GiB.
-
-    Every op allocates its output, and glibc hands blocks above its mmap threshold back to the
-    kernel on free, so that the next op page-faults and zero-fills them again; with these
-    thresholds the blocks are reused instead. Linux/glibc only; returns whether it applied.
-    """
-    try:
-        import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        m_mmap_threshold, m_trim_threshold = -3, -1
-        return (bool(libc.mallopt(m_mmap_threshold, 512 << 20))
-                and bool(libc.mallopt(m_trim_threshold, 1 << 30)))
-    except (OSError, AttributeError):
-        return False
 
 
 def sgemm_gflops(n: int = 2048, repeat: int = 3) -> float:
@@ -76,7 +61,7 @@ def meta_step_flops(cfg: UCILConfig, meta_grad: str = "first_order", as_executed
     from seed 0 when None; only its shapes are read).
     """
     if net is None:
-        from tinydan.ucil import initial_state
+        from tinydan.experiments.configs import initial_state
         net, _ = initial_state(cfg, 0, population=0)
     M, b, B = cfg.population, cfg.shots, cfg.meta_batch
     vec = 2.0 * net.num_synapses()
@@ -119,7 +104,7 @@ def _bench_child(meta_grad: str, repeat: int, blas_threads: int, dan_threads: in
     from tinydan.meta import meta_step
     from tinydan.parallel import set_blas_threads
     from tinydan.tensor import Tensor
-    from tinydan.ucil import initial_state, ucil_config
+    from tinydan.experiments.configs import initial_state, ucil_config
     tune_allocator()
     set_blas_threads(blas_threads)
     cfg = ucil_config("paper", meta_grad=meta_grad)

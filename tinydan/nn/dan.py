@@ -210,8 +210,10 @@ class ConvDAN(Module):
             else:
                 h = ops.conv.conv_rows_banded(h, params[2 * i], params[2 * i + 1], k, k, c_in,
                                               self.blocks[i], self.slope)  # (rows, s', s'*c_out)
-        h = ops.conv.max_pool_rows(h, self.pool, self.c_last)            # (rows, p, p*c_last)
-        h = ops.reshape(h, (rows, self.flat))
+        s_in, c = h.shape[1], self.c_last                           # (rows, s', s'*c_last)
+        h = ops.transpose(ops.reshape(h, (rows, s_in, s_in, c)), (0, 3, 1, 2))  # (rows, c, s', s')
+        h = ops.max_pool2d(h, self.pool, 1)                         # (rows, c, p, p)
+        h = ops.reshape(ops.transpose(h, (0, 2, 3, 1)), (rows, self.flat))  # channels-last
         w0, b0, w1, b1 = params[2 * self.n_convs:]
         h = ops.leaky_relu(ops.linear(h, w0, b0), self.slope)
         return ops.reshape(ops.linear(h, w1, b1), (rows,))         # linear output

@@ -30,13 +30,13 @@ import math
 
 import numpy as np
 
-from . import ops
-from .autograd import grad, no_grad
-from .meta import task_loss
-from .nn.module import Module, Parameter
-from .models import PlainMLP
-from .tasks import SineSequence
-from .tensor import Tensor, wrap
+from .. import ops
+from ..autograd import grad, no_grad
+from ..meta import task_loss
+from ..nn.module import Module, Parameter
+from ..nn.layers import PlainMLP
+from ..tasks import SineSequence
+from ..tensor import Tensor, wrap
 
 __all__ = ["METHODS", "output_fisher", "ewc_penalty", "ReservoirBuffer", "sequential_deploy",
            "WarpNet", "warp_width"]

@@ -1,0 +1,225 @@
+"""The pieces both command lines (python -m tinydan.regression / tinydan.ucil) are built from.
+
+* ``make_parser`` and ``add_run_options``: every option shows its default in ``--help``; the
+  options a newcomer uses come first, the research knobs sit in an "advanced" group;
+* ``RunFolder``: an output folder that protects its contents: it refuses to write into a folder
+  that holds another run unless ``--resume`` or ``--overwrite`` is given, holds an advisory lock
+  so that a second run into the same folder stops at once, and removes the temporary files a
+  killed run left behind;
+* ``run_cli``: parses, runs, and turns a user's mistake into one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["progress", "positive_int", "positive_float", "seed_int", "make_parser",
+           "add_run_options", "RunFolder", "run_cli", "UsageError"]
+
+# the words the --help texts use, explained once (the epilog of both top-level parsers)
+GLOSSARY = """words used above:
+  phenotype   phi, the meta-learned parameters of the DANs (shared by many neurons), saved with
+              its config in a .npz file; deployment keeps it fixed
+  synapses    theta, the weights of the VECs joining neurons; the only thing SGD changes when a
+              phenotype is deployed; theta_0 is where they start
+  meta-epoch  one pass of Algorithm 1: a new task sequence per population member, an inner SGD
+              step on the synapses then a meta step on phi after every step
+  held-out    tasks from a seed meta-training and validation never see: what results report
+  validation  tasks every choice (checkpoint, learning rate, meta-epoch) is made on
+  draws       (UCIL) independent samples of the 5 images per MNIST digit deployed on
+see docs/model-and-protocol.md for the protocol and the rest of the vocabulary"""
+
+
+class UsageError(ValueError):
+    """A mistake in the command line or the run folder: reported in one line, exit code 2."""
+
+
+def progress(total, desc, disable=False, initial=0, unit="it"):
+    """A tqdm progress bar (None if tqdm is missing)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm(total=total, desc=desc, disable=disable, initial=initial, leave=False,
+                dynamic_ncols=True, unit=unit)
+
+
+def positive_int(s):
+    """argparse type: a whole number >= 1, with a clear message otherwise."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def seed_int(s):
+    """argparse type: a seed, a whole number >= 0 (NumPy's generators take no negative seeds)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, got {v}")
+    return v
+
+
+def positive_float(s):
+    """argparse type: a number > 0, with a clear message otherwise."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {s}")
+    return v
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown for every option; the epilog keeps its line breaks."""
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The top-level parser of an experiment, its words explained in the epilog."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=GLOSSARY,
+                                   formatter_class=_Formatter)
+
+
+def add_subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows every default."""
+    return sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+
+
+def add_run_options(sp, configs, default_config: str | None, training: bool = True,
+                    seed: bool = True):
+    """--out, --seed, --quiet (and for training: --config, --epochs, --meta-grad, the rates,
+    --resume, --overwrite). Returns the "advanced" argument group for the experiment's knobs."""
+    sp.add_argument("--out", type=Path, default=None,
+                    help="output folder (default: runs/<experiment>-<date>-<time>)")
+    if seed:
+        sp.add_argument("--seed", type=seed_int, default=0,
+                        help="seed of the run: phi_0, theta_0 and the meta-training draws")
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace the run that OUT holds (without it, a folder holding a run is "
+                         "refused)")
+    if training:
+        sp.add_argument("--config", choices=sorted(configs), default=default_config,
+                        help="model and protocol")
+        sp.add_argument("--epochs", type=positive_int, default=None,
+                        help="meta-epochs (default: the config's)")
+        sp.add_argument("--resume", action="store_true",
+                        help="continue the run in OUT from its checkpoint.npz (needs --out)")
+    adv = sp.add_argument_group("advanced")
+    if training:
+        adv.add_argument("--meta-grad", choices=["first_order", "one_step"], default=None,
+                         help="meta-gradient mode (default: the config's)")
+        adv.add_argument("--inner-lr", type=positive_float, default=None,
+                         help="synapse SGD learning rate (default: the config's)")
+        adv.add_argument("--meta-lr", type=positive_float, default=None,
+                         help="phi Adam learning rate (default: the config's)")
+    return adv
+
+
+def overrides(a, pairs) -> dict:
+    """{config field: value} of the options given (None: the config's own)."""
+    return {field: getattr(a, arg) for field, arg in pairs if getattr(a, arg, None) is not None}
+
+
+_MARKERS = ("checkpoint.npz", "phenotype.npz", "results.json")
+
+
+class RunFolder:
+    """The output folder of one run, held for its duration (a context manager).
+
+    Refuses (``UsageError``) a path that is a file or lies below one, a folder it cannot write,
+    a folder holding another run (its checkpoint, phenotype or results) unless ``resume`` or
+    ``overwrite``, and a folder another run holds right now (an advisory lock, ``OUT/.lock``).
+    Temporary files of a killed earlier run (``*.tmp-PID``) are removed on entry.
+    """
+
+    def __init__(self, path: Path, resume: bool = False, overwrite: bool = False):
+        self.path, self.resume, self.overwrite = Path(path), bool(resume), bool(overwrite)
+        self._fd = None
+
+    def check(self) -> None:
+        """The refusals above, before any work starts."""
+        p = self.path
+        for parent in [p, *p.parents]:
+            if parent.exists() and not parent.is_dir():
+                raise UsageError(f"--out {p}: {parent} is a file, not a folder; choose another --out")
+            if parent.exists():
+                break
+        if p.exists():
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise UsageError(f"--out {p}: the folder is not writable; choose another --out")
+            held = [m for m in _MARKERS if (p / m).exists()]
+            if held and not (self.resume or self.overwrite):
+                raise UsageError(f"--out {p} holds another run ({', '.join(held)}): pass --resume "
+                                 "to continue it, --overwrite to replace it, or choose another --out")
+        else:
+            parent = next((q for q in p.parents if q.exists()), None)
+            if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"--out {p}: cannot create it under {parent} (not writable)")
+
+    def __enter__(self) -> "RunFolder":
+        self.check()
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            fcntl = None
+        self._fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(self._fd)
+                self._fd = None
+                raise UsageError(f"--out {self.path} is in use by another run right now; wait for "
+                                 "it to finish or choose another --out") from None
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, str(os.getpid()).encode())
+        for tmp in self.path.rglob("*.tmp-*"):            # left by a killed run
+            pid = tmp.name.rsplit(".tmp-", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)                              # releases the lock
+            self._fd = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's process
+        return True
+    return True
+
+
+def run_cli(parser: argparse.ArgumentParser, argv, handler, errors=()) -> int:
+    """Parse ``argv`` (no subcommand: ``run``), call ``handler(args)``; a ``UsageError`` or one of
+    ``errors`` becomes one line on stderr and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run"] + argv
+    a = parser.parse_args(argv)
+    if getattr(a, "resume", False) and getattr(a, "out", "") is None:
+        parser.error("--resume needs --out pointing at the run folder to continue")
+    try:
+        return int(handler(a) or 0)
+    except UsageError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    except tuple(errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
