@@ -39,7 +39,8 @@ import numpy as np
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
 
 import tinydan as td
-from tinydan.models import PlainMLP, build_regression_net, regression_config
+from tinydan.experiments.configs import build_regression_net, regression_config
+from tinydan.nn import PlainMLP
 from tinydan.nn import DANNetwork, MLPDAN, functional_call, vec
 from tinydan.regression import deploy
 from tinydan.tasks import sample_sines

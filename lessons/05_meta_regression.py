@@ -48,7 +48,8 @@ from IPython.display import Markdown, display
 import tinydan as td
 from tinydan import continual, plots
 from tinydan.meta import MetaTrainer, inner_step, meta_step, task_loss
-from tinydan.models import PlainMLP, build_regression_net, regression_config
+from tinydan.experiments.configs import build_regression_net, regression_config
+from tinydan.nn import PlainMLP
 from tinydan.optim import Adam
 from tinydan.regression import (SHIPPED_PHENOTYPE, deploy, load_phenotype, tune_mlp_lr,
                                 validate)
