@@ -22,6 +22,7 @@ Plain NumPy: nothing here imports the autograd engine. Callers convert Tensors/P
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -149,18 +150,9 @@ def save_checkpoint(path, arrays: Mapping[str, np.ndarray], meta: Mapping, compr
                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     payload[META_KEY] = np.frombuffer(_to_json(full_meta).encode("utf-8"), dtype=np.uint8)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            _write_npz(f, payload, compress)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    buffer = io.BytesIO()
+    _write_npz(buffer, payload, compress)
+    write_atomic(path, buffer.getbuffer())
     return path
 
 

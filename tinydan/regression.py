@@ -5,6 +5,8 @@ module is its command line and re-exports the experiment's public names.
 """
 import sys
 
+from .experiments import lookup
+
 from .experiments.configs import REGRESSION_CONFIGS, RegressionConfig, regression_config  # noqa: F401
 from .experiments.regression import *  # noqa: F401,F403
 from .experiments.regression import __all__ as _names
@@ -16,12 +18,10 @@ __all__ = list(_names) + ["main", "build_parser", "RegressionConfig", "REGRESSIO
 
 def __getattr__(name):
     """Every name of the experiment's modules, private ones included (for tests and lessons)."""
-    import importlib
-    for module in ['regression', 'regression_cli', 'configs', 'ablations', 'ablation_studies']:
-        m = importlib.import_module(f"tinydan.experiments.{module}")
-        if hasattr(m, name):
-            return getattr(m, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return lookup(name, ['regression', 'regression_cli', 'configs', 'ablations', 'ablation_studies'])
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ The code lives in ``tinydan.experiments`` (``ucil``, ``ucil_data``, ``ucil_selec
 """
 import sys
 
+from .experiments import lookup
+
 from .experiments.configs import UCIL_CONFIGS, UCILConfig, build_ucil_net, initial_state, ucil_config  # noqa: F401
 from .experiments.ucil import *  # noqa: F401,F403
 from .experiments.ucil import Phenotype  # noqa: F401
@@ -16,12 +18,10 @@ from .experiments.ucil_selection import *  # noqa: F401,F403
 
 def __getattr__(name):
     """Every name of the experiment's modules, private ones included (for tests and lessons)."""
-    import importlib
-    for module in ['ucil', 'ucil_cli', 'ucil_compare', 'ucil_selection', 'ucil_data', 'configs', 'common']:
-        m = importlib.import_module(f"tinydan.experiments.{module}")
-        if hasattr(m, name):
-            return getattr(m, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return lookup(name, ['ucil', 'ucil_cli', 'ucil_compare', 'ucil_selection', 'ucil_data', 'configs', 'common'])
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
 
 
 if __name__ == "__main__":
