@@ -46,7 +46,7 @@ def data():
     """Omniglot + MNIST, or a skip that says why."""
     from tinydan.datasets import DatasetError
     try:
-        return ucil.load_data(ucil.ucil_config("tiny"), mnist=True)
+        return ucil.load_data(ucil.ucil_config("tiny", data="full"), mnist=True)
     except (DatasetError, OSError) as e:
         pytest.skip(f"Omniglot/MNIST not found in the cache or ../shared/data and not downloadable: {e}")
 
