@@ -176,10 +176,10 @@ MODEL_FIELDS = ("image_side", "input_hidden", "nodes", "n_channels", "dan_convs"
 # fields that do not change a meta-training trajectory: a run may be resumed with other values
 # (``--epochs 30 --resume`` continues a 12-epoch run)
 RESUMABLE_FIELDS = ("meta_epochs", "eval_draws", "deploy_group", "tune_deploy_lr", "lr_source",
-                    "lr_sequences", "epoch_source")
+                    "lr_sequences", "epoch_source", "data")
 # fields added after runs were made, with the value that reproduces those runs
 NEWER_FIELDS = {"thick_strokes": 0.0, "phi_candidates": 1, "meta_lr_decay": 1.0,
-                "start_candidates": 1, "start_epochs": 4, "data": "full"}
+                "start_candidates": 1, "start_epochs": 4}
 
 
 def expect(cfg: UCILConfig, for_resume: bool = False) -> dict:
