@@ -2,10 +2,13 @@
 
 ``backward`` and ``grad`` share one engine, ``_backprop``:
 
-1. sort the graph topologically with an explicit stack (no recursion: a 10,000-op chain is fine);
-2. keep only the nodes that lead to something we want a gradient for;
-3. walk them from the outputs back to the inputs, calling each op's ``backward`` and adding up the
-   gradients that reach the same Tensor from several uses.
+1. ``_walk_order`` sorts the graph topologically with an explicit stack (no recursion: a
+   10,000-op chain is fine) and keeps only the nodes that lead to something we want a gradient for;
+2. ``_accumulate`` walks them from the outputs back to the inputs, calling each op's ``backward``
+   and adding up the gradients that reach the same Tensor from several uses.
+
+``Tensor.backward`` is attached to Tensor here (``import tinydan`` imports this module), so that
+tensor.py does not import autograd.
 
 The backward rules are written in tinydan ops. With ``create_graph=False`` recording is switched off
 while they run, so they cost little more than plain NumPy. With ``create_graph=True`` the same ops
@@ -51,6 +54,7 @@ def toposort(roots: Iterable[Tensor]) -> list[Tensor]:
     Depth-first with an explicit stack (no recursion): a Tensor is appended once all of its inputs
     are, the second time it is seen on top of the stack.
     """
+    # BEGIN SOLUTION
     order: list[Tensor] = []
     seen: set[int] = set()        # pushed its inputs
     done: set[int] = set()        # appended to order
@@ -69,6 +73,7 @@ def toposort(roots: Iterable[Tensor]) -> list[Tensor]:
             if x.requires_grad and id(x) not in seen:
                 stack.append(x)
     return order
+    # END SOLUTION
 
 
 def _as_grad(g, like: Tensor, what: str) -> Tensor:
@@ -88,9 +93,20 @@ def _backprop(roots: Sequence[Tensor], root_grads: Sequence[Tensor], wanted: set
 
     Returns a dict keyed by the Tensors themselves (hashed by identity).
     """
-    # 1. one depth-first pass (explicit stack): the op nodes in topological order (inputs first),
-    #    each with which of its inputs lead to something wanted ("relevant"); irrelevant nodes and
-    #    leaves are left out of the walk
+    order = _walk_order(roots, wanted)
+    return _accumulate(order, roots, root_grads, () if wanted is None else wanted, create_graph)
+
+
+def _walk_order(roots: Sequence[Tensor], wanted: set | None) -> list:
+    """The op nodes that lead from ``wanted`` (or any leaf) to ``roots``, inputs before users.
+
+    One depth-first pass with an explicit stack (no recursion: a 10,000-op chain is fine). A Tensor
+    is finished the second time it is on top of the stack, after all of its inputs: it is
+    "relevant" when it is wanted or one of its inputs is relevant, and a relevant op node is
+    appended as (node, needs), needs[i] saying whether input i is relevant. Irrelevant nodes and
+    leaves are left out of the walk.
+    """
+    # BEGIN SOLUTION
     order: list = []                     # (op node, needs) pairs
     seen: set = set()
     relevant: set = set()
@@ -128,13 +144,24 @@ def _backprop(roots: Sequence[Tensor], root_grads: Sequence[Tensor], wanted: set
                     seen.add(x)
                     if wanted is None or x in wanted:
                         relevant.add(x)
-    # 2. walk back from the outputs, summing the gradients that reach each Tensor
+    return order
+    # END SOLUTION
+
+
+def _accumulate(order: list, roots: Sequence[Tensor], root_grads: Sequence[Tensor], keep,
+                create_graph: bool) -> dict:
+    """Walk ``order`` from the outputs back: dL/dx = sum over the ops u that use x of op_u.backward.
+
+    Starts from {root: root_grad} (summed when a root repeats); each node's gradient is complete
+    when it is reached, because every user of it comes later in ``order``. Gradients of Tensors not
+    in ``keep`` are dropped once used. Records the backward ops only when ``create_graph``.
+    """
+    # BEGIN SOLUTION
     grads: dict = {}
     for r, g in zip(roots, root_grads):
         if r.requires_grad:
             old = grads.get(r)
             grads[r] = g if old is None else old + g
-    keep = () if wanted is None else wanted          # non-leaf Tensors whose gradient is returned
     prev = set_grad_enabled(create_graph)
     try:
         for t, needs in reversed(order):
@@ -151,6 +178,7 @@ def _backprop(roots: Sequence[Tensor], root_grads: Sequence[Tensor], wanted: set
     finally:
         set_grad_enabled(prev)
     return grads
+    # END SOLUTION
 
 
 def backward(output: Tensor, gradient=None, create_graph: bool = False) -> None:
@@ -177,6 +205,16 @@ def backward(output: Tensor, gradient=None, create_graph: bool = False) -> None:
             if not create_graph and gt.requires_grad:
                 gt = wrap(gt.data)
             t.grad = gt if t.grad is None else t.grad + gt
+
+
+def _tensor_backward(self, gradient=None, create_graph: bool = False) -> None:
+    """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad."""
+    backward(self, gradient, create_graph=create_graph)
+
+
+_tensor_backward.__name__ = "backward"
+_tensor_backward.__qualname__ = "Tensor.backward"
+Tensor.backward = _tensor_backward      # attached here so that tensor.py never imports autograd
 
 
 def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False,

@@ -139,10 +139,8 @@ class Tensor:
         """A copy in another float dtype (a constant: no gradient flows through a cast)."""
         return Tensor(self.data.astype(dtype), requires_grad=False)
 
-    def backward(self, gradient=None, create_graph: bool = False) -> None:
-        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad."""
-        from .autograd import backward
-        backward(self, gradient, create_graph=create_graph)
+    # ``Tensor.backward`` is attached by tinydan/autograd.py (imported by ``import tinydan``), so
+    # that this file does not import autograd and autograd can import Tensor.
 
     # Operators, methods such as .sum() and .reshape(), are attached by tinydan/ops/__init__.py,
     # in one place, so that this file does not import the ops and the ops can import Tensor.

@@ -81,10 +81,12 @@ class Mul(Op):
 
     @staticmethod
     def backward(ctx, g):
+        # BEGIN SOLUTION
         a, b = ctx.inputs
         na, nb = ctx.needs_input_grad
         return (sum_to(apply(Mul, g, b), a.data.shape) if na else None,
                 sum_to(apply(Mul, g, a), b.data.shape) if nb else None)
+        # END SOLUTION
 
 
 class Div(Op):
@@ -163,7 +165,9 @@ class Tanh(Op):
 
     @staticmethod
     def backward(ctx, g):
+        # BEGIN SOLUTION
         return (apply(TanhGrad, g, ctx),)             # d tanh = 1 - tanh^2
+        # END SOLUTION
 
 
 class TanhGrad(Op):
@@ -171,20 +175,24 @@ class TanhGrad(Op):
 
     @staticmethod
     def forward(ctx, g, y):
+        # BEGIN SOLUTION
         if y.ndim == 0 or y.shape != g.shape:
             return g * (1 - y * y)
         out = y * y                                  # in place: one temporary instead of three
         np.subtract(1, out, out=out)
         out *= g
         return out
+        # END SOLUTION
 
     @staticmethod
     def backward(ctx, gg):
+        # BEGIN SOLUTION
         g, y = ctx.inputs
         ng, ny = ctx.needs_input_grad
         dg = apply(TanhGrad, gg, y) if ng else None                     # d/dg = 1 - y^2
         dy = mul(apply(Mul, gg, apply(Mul, g, y)), -2.0) if ny else None  # d/dy = -2 g y
         return dg, dy
+        # END SOLUTION
 
 
 class Sigmoid(Op):

@@ -19,12 +19,15 @@ def _mT_array(x):
 
 
 def _matmul_forward(a, b):
-    if a.shape[-1] == 1 and b.shape[-2] == 1:
-        # an outer product (k = 1): a broadcast multiply is several times faster than BLAS here,
-        # and it is every batch-1 synapse gradient and every VEC from a 1-node layer
-        return np.multiply(a, b)
+    # (..., n, k) @ (..., k, m) -> (..., n, m); every VEC layer's product z = x W comes here
     try:
+        # BEGIN SOLUTION
+        if a.shape[-1] == 1 and b.shape[-2] == 1:
+            # an outer product (k = 1): a broadcast multiply is several times faster than BLAS
+            # here, and it is every batch-1 synapse gradient and every VEC from a 1-node layer
+            return np.multiply(a, b)
         return np.matmul(a, b)
+        # END SOLUTION
     except ValueError:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not fit: the last axis of "
                          f"the first ({a.shape[-1]}) must equal the second-to-last of the second "
@@ -44,6 +47,7 @@ def _matmul_grads(g, a, b, ta, tb, na, nb):
     C = A^T B:   dA = B dC^T,     dB = A dC
     C = A^T B^T: dA = B^T dC^T,   dB = dC^T A^T
     """
+    # BEGIN SOLUTION
     if not ta and not tb:
         ga = _mm(g, b, tb=True) if na else None
         gb = _mm(a, g, ta=True) if nb else None
@@ -58,6 +62,7 @@ def _matmul_grads(g, a, b, ta, tb, na, nb):
         gb = _mm(g, a, ta=True, tb=True) if nb else None
     return (None if ga is None else sum_to(ga, a.data.shape),
             None if gb is None else sum_to(gb, b.data.shape))
+    # END SOLUTION
 
 
 class MatMul(Op):
@@ -127,12 +132,14 @@ class Linear(Op):
 
     @staticmethod
     def backward(ctx, g):
+        # BEGIN SOLUTION
         x, w, b = ctx._inputs
         nx, nw, nb = ctx.needs_input_grad
         # y = x W + b:  dx = g W^T,  dW = x^T g,  db = g summed over the broadcast axes
         gx = sum_to(apply(MatMulTB, g, w), x.data.shape) if nx else None
         gw = sum_to(apply(MatMulTA, x, g), w.data.shape) if nw else None
         return gx, gw, (sum_to(g, b.data.shape) if nb else None)
+        # END SOLUTION
 
 
 def matmul(a, b) -> Tensor:

@@ -64,6 +64,7 @@ _SUM_AXES: dict = {}
 
 def _sum_axes(shape_from, shape_to):
     """(axes to sum, whether they are only the leading ones) to reduce shape_from to shape_to."""
+    # BEGIN SOLUTION
     key = (shape_from, shape_to)
     hit = _SUM_AXES.get(key)
     if hit is None:
@@ -74,6 +75,7 @@ def _sum_axes(shape_from, shape_to):
         if len(_SUM_AXES) < 4096:                   # memo: the same few shapes recur every step
             _SUM_AXES[key] = hit
     return hit
+    # END SOLUTION
 
 
 class SumTo(Op):
