@@ -251,7 +251,9 @@ def _layout(graph: Graph, sizes: list, sweeps: int = 8, max_bends: int = 2000) -
         layers.setdefault(c, []).append(i)
     keys = sorted(layers)
     leaves = {n.index for n in graph.nodes if n.is_leaf}
-    pull = [1.0 if i in leaves else 100.0 if i < len(graph.nodes) else 10.0 for i in range(len(col))]
+    # how hard each item holds its wanted place: ops most, bends less, leaves least
+    n_nodes = len(graph.nodes)
+    pull = [1.0 if i in leaves else 100.0 if i < n_nodes else 10.0 for i in range(len(col))]
     place = [0.0] * len(col)
 
     def pack(members, want):                           # keep order, keep gaps, stay near `want`
