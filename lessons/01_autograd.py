@@ -279,6 +279,34 @@ draw_graph(o_t, tensor_label, title="the same neuron in tinydan: one node per ar
 plt.show()
 
 # %% [markdown]
+# ### tinydan's own picture of the graph: `tinydan.viz`
+#
+# tinydan ships a drawing of any graph, `tinydan.viz.draw_graph(*tensors)`, that shows what the
+# engine itself records: one box per tensor, labelled with the `td.Op` that made it (its class
+# name) and its shape; leaves that require grad in green, constants grey and dashed, the outputs
+# in red. `viz.graph_of` returns the same graph as data: the nodes in topological order (inputs
+# first), each with its op and shape, and the edges from input to op. Here is a small layer and its
+# loss, $\text{mean}\big(\tanh(x W + b)^2\big)$:
+
+# %%
+from tinydan import viz
+
+rng_small = np.random.default_rng(1)              # its own generator: rng's stream stays as it was
+x_small = td.Tensor(rng_small.standard_normal((4, 3)), name="x")
+W_small = td.Tensor(rng_small.standard_normal((3, 2)), requires_grad=True, name="W")
+b_small = td.Tensor(np.zeros(2), requires_grad=True, name="b")
+loss_small = (td.tanh(x_small @ W_small + b_small) ** 2).mean()
+print(viz.graph_of(loss_small))
+viz.draw_graph(loss_small, title="mean(tanh(x @ W + b) ** 2)")
+
+# %% [markdown]
+# Each op box is one call of an op's `forward`; `loss_small.backward()` visits the same boxes from
+# the bottom up, calling each op's `backward` (`PowScalar` is `** 2`). `x` is a constant:
+# `backward()` computes no gradient for it. The `Add` broadcasts `b` from shape `(2,)` to `(4, 2)`,
+# which the backward pass has to undo (see below). Lesson 2 draws a graph that contains a backward
+# pass, and lesson 5 the graph of a meta-gradient.
+
+# %% [markdown]
 # ### Gradients accumulate; `zero_grad()` resets them
 #
 # `backward()` *adds* into `.grad`, like the `+=` in `Value`. That is what you want when a parameter
@@ -461,9 +489,11 @@ plt.show()
 #
 # ## Exercises
 #
-# Each exercise has a cell marked `# YOUR ANSWER`, which ships with a working reference solution so
-# that the notebook runs from top to bottom. Replace it with your own and run the check cell below
-# it: it raises an `AssertionError` that says what is wrong until your answer is right.
+# Each exercise has an answer cell marked `# YOUR ANSWER`: replace every
+# `raise NotImplementedError(...)` in it with your code, then run the check cell below it. The check
+# fails, with a message that says what is wrong, until your answer is right. (Run top to bottom,
+# this notebook stops at the first exercise not yet answered; `lessons/solutions/` has the same
+# notebook with reference solutions.)
 #
 # ### Exercise 1: `Value.exp`
 #
@@ -472,8 +502,9 @@ plt.show()
 # data.)
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def value_exp(self):
+    # BEGIN SOLUTION
     e = math.exp(self.data)
     out = Value(e, (self,), "exp")
 
@@ -481,6 +512,7 @@ def value_exp(self):
         self.grad += out.grad * e
     out._backward = _backward
     return out
+    # END SOLUTION
 
 
 Value.exp = value_exp
@@ -512,17 +544,21 @@ print("Exercise 1: correct")
 # differentiate it twice.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 class SiLU(td.Op):
     @staticmethod
     def forward(ctx, a):
+        # BEGIN SOLUTION
         return a * 0.5 * (1.0 + np.tanh(0.5 * a))        # a * sigmoid(a)
+        # END SOLUTION
 
     @staticmethod
     def backward(ctx, g):
+        # BEGIN SOLUTION
         (a,) = ctx.inputs
         s = td.sigmoid(a)
         return (g * (s + a * s * (1.0 - s)),)
+        # END SOLUTION
 
 
 def silu(x):
@@ -550,8 +586,9 @@ print("Exercise 2: correct")
 # and over the axes where `shape` has a 1 (keeping them as size-1 axes).
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def unbroadcast(g, shape):
+    # BEGIN SOLUTION
     g = np.asarray(g)
     while g.ndim > len(shape):               # axes added in front
         g = g.sum(axis=0)
@@ -559,6 +596,7 @@ def unbroadcast(g, shape):
         if size == 1 and g.shape[axis] != 1:
             g = g.sum(axis=axis, keepdims=True)
     return g
+    # END SOLUTION
 
 # %%
 # Check: for several pairs of shapes, compare with the gradients tinydan computes for a * b.

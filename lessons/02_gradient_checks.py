@@ -22,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import tinydan as td
+from tinydan import viz
 from tinydan.testing import check_grad
 
 rng = np.random.default_rng(0)
@@ -270,6 +271,36 @@ print("with create_graph=False:", td.grad(x * inner_const, x).item(), "(the inne
       "was cut from the graph)")
 
 # %% [markdown]
+# ### What `create_graph=True` records
+#
+# With `create_graph=True` the backward pass is recorded in the same graph as the forward pass, as
+# ordinary ops. `tinydan.viz.draw_graph` draws that graph; the graph does not say which pass made
+# which node, so we name the parts with `stages`: a node that leads to `y` is "forward", another
+# node that leads to the first derivative is "backward", the rest belong to the second derivative.
+# For $y = \tanh(x)$ at one point, drawing the first and the second derivative together:
+
+# %%
+xp = td.tensor(0.7, dtype="float64", requires_grad=True)
+yp = td.tanh(xp)
+dyp = td.grad(yp, xp, create_graph=True)          # tanh'(x) = 1 - tanh(x)^2, recorded
+d2yp = td.grad(dyp, xp, create_graph=True)        # tanh''(x), recorded too
+print(f"tanh''(0.7) = {d2yp.item():.6f}; the formula gives "
+      f"{-2 * np.tanh(0.7) * (1 - np.tanh(0.7) ** 2):.6f}")
+stages = {"forward": yp, "backward": dyp, "backward of the backward": d2yp}
+graph = viz.graph_of(dyp, d2yp, stages=stages)
+for stage in stages:
+    print(f"{stage:25s} ops {graph.op_counts(stage)}")
+viz.draw_graph(dyp, d2yp, stages=stages, title="tanh'(x) and tanh''(x) in one graph")
+
+# %% [markdown]
+# tanh's backward rule is one op, `TanhGrad(g, y)` $= g\,(1 - y^2)$, made from the forward
+# *output* $y$ (the leaf $x$ feeds only `Tanh`: the derivatives never need it). Differentiating the
+# first derivative runs `TanhGrad`'s own backward rule, $-2\,g\,y$ times the incoming gradient (the
+# three `Mul`s), and then `Tanh`'s rule once more (the second `TanhGrad`): altogether
+# $-2\,y\,(1 - y^2) = \tanh''(x)$. Every backward rule in tinydan is written with tinydan ops for
+# exactly this reason: a rule written in NumPy would be a dead end in this graph.
+
+# %% [markdown]
 # ## 5. Why meta-learning needs gradients of gradients
 #
 # In the paper, a network of Deep Artificial Neurons has two kinds of parameters: the synapses
@@ -280,7 +311,8 @@ print("with create_graph=False:", td.grad(x * inner_const, x).item(), "(the inne
 # $$\theta_1(\varphi) = \theta - \alpha\, \nabla_\theta L_{\text{task}}(\theta, \varphi), \qquad
 #   \text{meta-loss}(\varphi) = L_{\text{memory}}\big(\theta_1(\varphi), \varphi\big).$$
 #
-# $\varphi$ shapes the step: change it and $\theta_1$ changes. Two meta-gradients (SPEC section 2):
+# $\varphi$ shapes the step: change it and $\theta_1$ changes. Two meta-gradients (paper section 5
+# leaves the choice open):
 #
 # - **first-order**: $\partial L_{\text{memory}} / \partial \varphi$ with $\theta_1$ held constant
 #   (cheap; what the authors' code runs);
@@ -388,8 +420,11 @@ print("alphas where the first-order gradient has the wrong sign:", wrong_sign)
 #
 # ## Exercises
 #
-# Each exercise has a cell marked `# YOUR ANSWER` that ships with a working reference solution so
-# the notebook runs top to bottom. Replace it with your own, then run the check cell below it.
+# Each exercise has an answer cell marked `# YOUR ANSWER`: replace every
+# `raise NotImplementedError(...)` in it with your code, then run the check cell below it. The check
+# fails, with a message that says what is wrong, until your answer is right. (Run top to bottom,
+# this notebook stops at the first exercise not yet answered; `lessons/solutions/` has the same
+# notebook with reference solutions.)
 #
 # ### Exercise 1: a central-difference gradient
 #
@@ -399,8 +434,9 @@ print("alphas where the first-order gradient has the wrong sign:", wrong_sign)
 # shape). Do not modify the caller's `x`.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def numerical_gradient(f, x, eps=1e-6):
+    # BEGIN SOLUTION
     x = np.array(x, dtype=np.float64)              # a copy: the caller's array is left alone
     grad = np.zeros_like(x)
     for k in np.ndindex(x.shape):
@@ -412,6 +448,7 @@ def numerical_gradient(f, x, eps=1e-6):
         x[k] = old
         grad[k] = (up - down) / (2 * eps)
     return grad
+    # END SOLUTION
 
 # %%
 from tinydan.testing import numerical_grad     # the library's version, to compare with
@@ -450,11 +487,13 @@ print("Exercise 1: correct")
 # (no finite differences, and never forming $H$).
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def hvp(f, x, u):
+    # BEGIN SOLUTION
     xt = td.tensor(x, requires_grad=True)
     g = td.grad(f(xt), xt, create_graph=True)
     return td.grad((g * td.tensor(u)).sum(), xt).data
+    # END SOLUTION
 
 # %%
 # f(x) = 1/2 x^T A x + sum(x^3) / 3 has the Hessian A + diag(2 x) (A symmetric).
@@ -489,16 +528,20 @@ print("Exercise 2: correct")
 #   $d\, L_{\text{memory}}(\theta_1(\varphi), \varphi) / d\varphi$.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def first_order(theta, phi, a, b, alpha):
+    # BEGIN SOLUTION
     theta_1 = theta - alpha * phi * (phi * theta - a)
     return (phi * theta_1 - b) * theta_1
+    # END SOLUTION
 
 
 def one_step(theta, phi, a, b, alpha):
+    # BEGIN SOLUTION
     theta_1 = theta - alpha * phi * (phi * theta - a)
     dtheta1_dphi = -alpha * (2 * phi * theta - a)
     return (phi * theta_1 - b) * (theta_1 + phi * dtheta1_dphi)
+    # END SOLUTION
 
 # %%
 def tinydan_meta_gradients(theta, phi, a, b, alpha):

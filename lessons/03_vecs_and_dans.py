@@ -15,14 +15,14 @@
 #   how much faster that is than a Python loop over neurons;
 # - the three ways DANs can share their parameters (the **phenotype** phi): `global`, `per_layer`
 #   and `unique`, what each costs, and why `unique` is still one batched matmul;
-# - the paper's regression network (SPEC section 3) with its skip VECs, its synapse shapes, and the
+# - the paper's regression network (its section 3.1) with its skip VECs, its synapse shapes, and the
 #   **population** axis `P` that runs several models (or several functions) in one call;
 # - what a DAN with a *random* phenotype does to its inputs, and why it does not, by itself, stop a
 #   network from forgetting: lesson 5 meta-learns the phenotype that does.
 #
-# The vocabulary is the paper's (SPEC section 1): **synapses** or **theta** are the VEC weights that
-# change while the network learns; the **phenotype** or **phi** is the DANs' own parameters, fixed
-# while the network learns and meta-learned beforehand.
+# The vocabulary is the paper's (glossary in docs/model-and-protocol.md): **synapses** or **theta**
+# are the VEC weights that change while the network learns; the **phenotype** or **phi** is the
+# DANs' own parameters, fixed while the network learns and meta-learned beforehand.
 
 # %%
 import os
@@ -40,8 +40,7 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangl
 
 import tinydan as td
 from tinydan.experiments.configs import build_regression_net, regression_config
-from tinydan.nn import PlainMLP
-from tinydan.nn import DANNetwork, MLPDAN, functional_call, vec
+from tinydan.nn import DANNetwork, MLPDAN, PlainMLP, functional_call, vec
 from tinydan.regression import deploy
 from tinydan.tasks import sample_sines
 
@@ -382,7 +381,7 @@ with td.no_grad():
 # %% [markdown]
 # ## 4. Skip VECs and the full regression network
 #
-# The regression network of the paper (SPEC section 3) has nodes `[1, 40, 40, 1]`: one input, two
+# The regression network of the paper (section 3.1) has nodes `[1, 40, 40, 1]`: one input, two
 # layers of 40 DANs and one output DAN, `C = 40`. Besides the three VEC layers between consecutive
 # layers it has two **skip VECs**, 0 -> 2 and 1 -> 3 (as in residual networks). A skip VEC is a
 # VEC layer without bias, and its output is *added to the target layer's DAN input, before the
@@ -430,7 +429,7 @@ def draw_regression_net(ax, nodes, skips, C):
 net = build_regression_net(cfg, np.random.default_rng(4))
 fig, ax = plt.subplots(figsize=(10, 4.4))
 draw_regression_net(ax, cfg.nodes, cfg.skips, cfg.n_channels)
-ax.set_title("the regression network of SPEC section 3: VECs (black), skip VECs (red), C = 40")
+ax.set_title("the regression network of paper section 3.1: VECs (black), skip VECs (red), C = 40")
 plt.show()
 
 # %% [markdown]
@@ -579,7 +578,7 @@ plt.show()
 #
 # ### Deploying: learning five windows in a row
 #
-# Now the continual-learning test of the paper (SPEC section 3), made small so that it runs in
+# Now the continual-learning test of the paper (sections 4.1 and 6.1), made small so that it runs in
 # seconds: a sine-like function on [-5, 5] is learned window by window, [-5, -3] first, then
 # [-3, -1], ..., [3, 5], with 100 SGD steps of one point per window, on the synapses only (phi is
 # fixed), never going back to an earlier window. `tinydan.regression.deploy` does exactly that for
@@ -669,9 +668,11 @@ for name, run in runs.items():
 #
 # ## Exercises
 #
-# Each exercise has a cell marked `# YOUR ANSWER` that ships with a working reference solution, so
-# the notebook runs from top to bottom. Replace it with your own and run the check cell below it:
-# it raises an `AssertionError` that says what is wrong until your answer is right.
+# Each exercise has an answer cell marked `# YOUR ANSWER`: replace every
+# `raise NotImplementedError(...)` in it with your code, then run the check cell below it. The check
+# fails, with a message that says what is wrong, until your answer is right. (Run top to bottom,
+# this notebook stops at the first exercise not yet answered; `lessons/solutions/` has the same
+# notebook with reference solutions.)
 #
 # ### Exercise 1: a VEC layer in NumPy
 #
@@ -680,15 +681,19 @@ for name, run in runs.items():
 # reshapes it to `(P*B, n_out, C)`, one row of `C` per DAN. Use NumPy only.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def vec_numpy(x, W, b=None):
+    # BEGIN SOLUTION
     out = np.matmul(x, W)                        # (P, B, n_in) @ (P, n_in, n_out*C)
     return out if b is None else out + b
+    # END SOLUTION
 
 
 def dan_inputs(sigma, n_out, C):
+    # BEGIN SOLUTION
     P, B, _ = sigma.shape
     return sigma.reshape(P * B, n_out, C)
+    # END SOLUTION
 
 # %%
 rng_e = np.random.default_rng(100)
@@ -725,14 +730,16 @@ print("Exercise 1: correct")
 # networks, the paper's among them (73,640).
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def count_synapses(nodes, C, skips=()):
+    # BEGIN SOLUTION
     total = 0
     for n_from, n_to in zip(nodes[:-1], nodes[1:]):
         total += n_from * n_to * C + n_to * C          # weight + bias
     for j, k in skips:
         total += nodes[j] * nodes[k] * C               # weight only
     return total
+    # END SOLUTION
 
 # %%
 cases = [((1, 40, 40, 1), 40, ((0, 2), (1, 3))), ((1, 8, 8, 1), 6, ((0, 2), (1, 3))),
@@ -755,12 +762,14 @@ print("Exercise 2: correct")
 # loop over neurons. The check compares it with `MLPDAN(..., n_neurons=n)`.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def unique_dan_forward(z, weights, biases):
+    # BEGIN SOLUTION
     h = z                                                    # (R, n, C)
     for w, b in zip(weights, biases):                        # w (n, a, b), b (n, 1, b)
         h = np.tanh(np.einsum("rna,nab->rnb", h, w) + b[:, 0, :])
     return h[..., 0]                                         # (R, n, 1) -> (R, n)
+    # END SOLUTION
 
 # %%
 for R_, n_, C_, hidden_ in [(4, 3, 5, (6, 2)), (1, 7, 2, (3,)), (6, 1, 4, (5, 4, 3))]:
@@ -792,8 +801,9 @@ print("Exercise 3: correct")
 # parameters with `module.load_state_dict({...})`.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def mlp_as_dan_network(mlp_theta, sizes):
+    # BEGIN SOLUTION
     net = DANNetwork(sizes, 1, lambda n_neurons=None: MLPDAN(1, hidden=(), n_neurons=n_neurons),
                      final_activation=False)
     net.load_state_dict({"dans.0.w0": np.ones((1, 1)), "dans.0.b0": np.zeros(1)})   # DAN = tanh
@@ -802,6 +812,7 @@ def mlp_as_dan_network(mlp_theta, sizes):
         theta[f"vec{l}.weight"] = mlp_theta[f"w{l}"]
         theta[f"vec{l}.bias"] = mlp_theta[f"b{l}"]
     return net, theta
+    # END SOLUTION
 
 # %%
 sizes_e = (1, 16, 16, 1)

@@ -12,7 +12,7 @@
 #   another convolution-like product (so gradients of gradients come for free);
 # - how max-pooling is a *gather* of each window's arg-max, and its backward a *scatter* back to it;
 # - how much faster the im2col product is than a loop over output pixels;
-# - how to build the convolutional DAN of the paper's UCIL experiment (SPEC section 4) as a plain
+# - how to build the convolutional DAN of the paper's UCIL experiment (paper section 3.2) as a plain
 #   function of its phenotype, and run a whole layer of DANs in one batched call.
 #
 # Conventions (as in PyTorch): images are `(N, C, H, W)` (batch, channels, height, width), filters
@@ -242,7 +242,7 @@ print("max_pool2d:",
 # %% [markdown]
 # ## 5. The convolutional DAN of the UCIL experiment
 #
-# In the paper's unsupervised class-incremental model (SPEC section 4), every hidden and output
+# In the paper's unsupervised class-incremental model (its section 3.2), every hidden and output
 # neuron is a Deep Artificial Neuron: a small CNN that reads its input vector of `C = 100` values as
 # a 10x10 image:
 #
@@ -378,8 +378,11 @@ plt.show()
 # %% [markdown]
 # ## Exercises
 #
-# Each exercise has a cell marked `# YOUR ANSWER` that ships with a working reference solution, so
-# the notebook runs top to bottom. Replace it with your own, then run the check cell below it.
+# Each exercise has an answer cell marked `# YOUR ANSWER`: replace every
+# `raise NotImplementedError(...)` in it with your code, then run the check cell below it. The check
+# fails, with a message that says what is wrong, until your answer is right. (Run top to bottom,
+# this notebook stops at the first exercise not yet answered; `lessons/solutions/` has the same
+# notebook with reference solutions.)
 #
 # ### Exercise 1: a strided convolution from `im2col`
 #
@@ -388,14 +391,16 @@ plt.show()
 # The output size is `OH = (H - kh) // stride + 1`.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def my_conv2d(x, w, b, stride=1):
+    # BEGIN SOLUTION
     n, c, h, wd = x.shape
     f, _, kh, kw = w.shape
     oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
     cols = td.im2col(x, kh, kw, stride)                   # (N*OH*OW, C*kh*kw)
     out = cols @ w.reshape(f, c * kh * kw).T + b          # (N*OH*OW, F)
     return out.reshape(n, oh, ow, f).permute(0, 3, 1, 2)  # (N, F, OH, OW)
+    # END SOLUTION
 
 # %%
 for shape, stride in [((2, 3, 7, 6), 1), ((1, 2, 9, 8), 2), ((3, 1, 5, 5), 3)]:
@@ -419,12 +424,14 @@ print("Exercise 1: correct")
 # every pixel of a window gets `1 / k^2` of its gradient.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def avg_pool2d(x, k, stride):
+    # BEGIN SOLUTION
     n, c, h, wd = x.shape
     oh, ow = (h - k) // stride + 1, (wd - k) // stride + 1
     cols = td.im2col(x.reshape(n * c, 1, h, wd), k, k, stride)   # (N*C*OH*OW, k*k)
     return cols.mean(axis=1).reshape(n, c, oh, ow)
+    # END SOLUTION
 
 # %%
 def avg_pool_loop(x, k, s):
@@ -457,13 +464,15 @@ print("Exercise 2: correct")
 # $\langle \text{conv2d}(x, w), g\rangle = \langle x, \text{conv\_transpose2d}(g, w)\rangle$.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def conv_transpose2d(g, w, x_shape, stride=1):
+    # BEGIN SOLUTION
     n, f, oh, ow = g.shape
     _, c, kh, kw = w.shape
     g_rows = g.permute(0, 2, 3, 1).reshape(n * oh * ow, f)          # (N*OH*OW, F)
     cols = g_rows @ w.reshape(f, c * kh * kw)                        # (N*OH*OW, C*kh*kw)
     return td.col2im(cols, x_shape, kh, kw, stride)                  # (N, C, H, W)
+    # END SOLUTION
 
 # %%
 for x_shape, stride in [((2, 3, 7, 6), 1), ((1, 2, 9, 9), 2)]:

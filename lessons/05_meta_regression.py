@@ -23,9 +23,9 @@
 #   MLP, the loss matrix, memory and total loss per window with confidence intervals, and
 #   forgetting (`tinydan.continual`).
 #
-# Words as in SPEC section 1: the **synapses** theta are the VEC weights that learn during
-# deployment; the **phenotype** phi is the shared DAN's parameters, fixed during deployment and
-# meta-learned beforehand (lesson 3 built both).
+# Words as in the glossary of docs/model-and-protocol.md: the **synapses** theta are the VEC weights
+# that learn during deployment; the **phenotype** phi is the shared DAN's parameters, fixed during
+# deployment and meta-learned beforehand (lesson 3 built both).
 
 # %%
 import os
@@ -36,6 +36,7 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 import copy
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -46,10 +47,10 @@ from matplotlib.colors import LogNorm
 from IPython.display import Markdown, display
 
 import tinydan as td
-from tinydan import continual, plots
-from tinydan.meta import MetaTrainer, inner_step, meta_step, task_loss
+from tinydan import continual, plots, viz
 from tinydan.experiments.configs import build_regression_net, regression_config
-from tinydan.nn import PlainMLP
+from tinydan.meta import MetaTrainer, inner_step, meta_step, task_loss
+from tinydan.nn import DANNetwork, MLPDAN, PlainMLP
 from tinydan.optim import Adam
 from tinydan.regression import (SHIPPED_PHENOTYPE, deploy, load_phenotype, tune_mlp_lr,
                                 validate)
@@ -115,7 +116,7 @@ plt.show()
 # always from $[-5, \text{end of the current window}]$, everything seen so far. The memory batch
 # never reaches into the future: the paper meta-trains on the **memory loss** only.
 #
-# ### The protocol (SPEC section 5)
+# ### The protocol (paper section 4.1; docs/model-and-protocol.md, "Regression protocol")
 #
 # Three disjoint sources of functions keep the evaluation honest:
 #
@@ -209,6 +210,58 @@ for (name, _), a, b in zip(net64.named_parameters(), g_phi, g_lib):
 print("by hand == tinydan.meta.meta_step(..., 'one_step'): theta_1, meta-loss and every phi gradient")
 
 # %% [markdown]
+# ### The one-step meta-gradient, drawn
+#
+# The `tiny` network's graph has hundreds of nodes, so to *see* what `create_graph=True` adds we
+# repeat lines 9-13 on a network small enough to read: nodes `[1, 2, 1]`, `C = 2`, each DAN
+# $\tanh(w \cdot z + b)$ (the output DAN without the tanh), one task point, a memory batch of three.
+# `tinydan.viz.draw_graph` draws the meta-loss's graph; with `stages` it colours the nodes that lead
+# to the task loss "forward" (blue) and the other nodes that lead to the gradient of line 10
+# "backward" (orange). Constants are left out.
+
+# %%
+toy = DANNetwork((1, 2, 1), 2, lambda n_neurons=None: MLPDAN(
+    2, (), n_neurons=n_neurons, rng=np.random.default_rng(0), dtype=np.float64),
+    final_activation=False)
+for name, p in toy.named_parameters():
+    p.name = f"phi {name}"
+theta_toy = {k: td.Tensor(v, requires_grad=True, name=f"theta {k}")
+             for k, v in toy.init_synapses(1, np.random.default_rng(1), dtype=np.float64).items()}
+x_t, y_t = td.tensor(np.full((1, 1, 1), 0.5)), td.tensor(np.ones((1, 1, 1)))   # one task point
+x_m = td.tensor(np.linspace(-1.0, 1.0, 3).reshape(1, 3, 1))                    # memory batch
+y_m = td.tensor(np.sin(x_m.data))
+loss_toy = task_loss(toy, theta_toy, x_t, y_t)                                  # line 9
+g_toy = td.grad(loss_toy, list(theta_toy.values()), create_graph=True)         # line 10
+theta_toy_1 = {k: v - alpha * g for (k, v), g in zip(theta_toy.items(), g_toy)}  # line 11
+for k, v in theta_toy_1.items():
+    v.name = f"theta_1 {k}"
+meta_toy = td.mse_loss(toy(x_m, theta_toy_1), y_m)                              # lines 12-13
+stages = {"forward": loss_toy, "backward": g_toy}
+graph = viz.graph_of(meta_toy, stages=stages, constants=False)
+phi_ids = {id(p) for p in toy.parameters()}
+print(f"{len(graph)} nodes; forward ops {sum(graph.op_counts('forward').values())}, "
+      f"backward ops {sum(graph.op_counts('backward').values())}: {graph.op_counts('backward')}")
+print("backward ops that read phi directly:",
+      sorted({graph.nodes[b].op for a, b, _ in graph.edges
+              if id(graph.tensors[a]) in phi_ids and graph.nodes[b].stage == "backward"}))
+viz.draw_graph(meta_toy, stages=stages, constants=False,
+               title="the meta-loss at theta_1 = theta - alpha * grad (one step)")
+
+# %% [markdown]
+# Read it from the top. The blue nodes down to `MSEGrad` are the task loss's forward pass (line 9;
+# the `MSE` node itself is not needed). The orange nodes are its backward pass, recorded by
+# `create_graph=True` (line 10): `MSEGrad`, then transposed matrix products (`MatMulTB`,
+# `MatMulTA`) and `TanhGrad` going back through the layers. They read phi (the DAN's weight feeds
+# the `MatMulTB` nodes) and the forward pass's outputs (the `Tanh` feeds `TanhGrad`). They end in
+# the `Sub` nodes, $\theta_1 = \theta - \alpha\, g$ (line 11), and below those runs the meta-loss's
+# own forward pass at $\theta_1$ (lines 12-13), which uses phi again.
+#
+# The gradient of the meta-loss with respect to phi flows back along *every* path from phi to the
+# output. The paths through the orange nodes are the second-order terms: the **one-step**
+# meta-gradient follows them; the **first-order** one cuts the graph at $\theta_1$ (`.detach()`
+# in Exercise 1) and keeps only the paths from phi into the lower forward pass.
+
+# %% [markdown]
 # Line 16 is then one optimizer step on phi. With a population of $M$ members, the synapse tensors
 # carry a leading axis of size $M$; `task_loss` *sums* the members' losses (so each member's synapses
 # get exactly their own gradient) while the meta-loss is the *mean* over members, so its gradient is
@@ -288,10 +341,10 @@ for a in (0.01, 0.1, 0.5):
           f"{np.linalg.norm(v1 - v0) / np.linalg.norm(v1):.4f}")
 
 # %% [markdown]
-# Not a rounding error even at 0.01, and it matters for every one of the 500 meta-steps of every
-# meta-epoch: SPEC section 3 reports that an independent implementation reached a lower
-# held-out loss with `one_step` than with `first_order` (0.018 against 0.038 to 0.051), at about
-# one and a half times the cost per step. `first_order` is what the authors' code runs.
+# Not a rounding error even at 0.01, and it enters every one of the 500 meta-steps of every
+# meta-epoch. `one_step` costs about one and a half times as much per meta-step, and
+# `first_order` is what the authors' public code computes; which one tinydan's configs use, and
+# why, is in docs/how-the-defaults-were-chosen.md ("Meta-gradient").
 #
 # ## 3. Meta-training with `MetaTrainer`
 #
@@ -403,7 +456,7 @@ plt.show()
 # The gap between the curves is the optimism of the meta-loss. This is why
 # `tinydan.regression.meta_train` validates a snapshot of phi every `val_every` meta-epochs by
 # deploying it on the validation functions, and keeps the **best validated** phi rather than the
-# last one (SPEC section 3 notes a first-order run whose held-out result "peaked, then drifted").
+# last one (the validation curves in docs/how-the-defaults-were-chosen.md peak, then drift).
 # A few seconds of meta-training are not enough for a good phenotype: the
 # shipped one below took many minutes.
 #
@@ -421,7 +474,8 @@ if SHIPPED_PHENOTYPE.exists():
     ph = load_phenotype(SHIPPED_PHENOTYPE)
     cfg, net0, theta0, meta = ph.cfg, ph.net, ph.theta0, ph.meta
     print(f"loaded {SHIPPED_PHENOTYPE.name}")
-    print(f"  made by:   {meta.get('command', '?')}")
+    made_by = re.sub(r" --out \S+", "", meta.get("command", "?"))   # --out: a folder elsewhere
+    print(f"  made by:   {made_by}")
     print(f"  config:    {cfg.name!r}, output {cfg.output}, meta-gradient {cfg.meta_grad}, "
           f"synapse lr {cfg.inner_lr}, phi lr {cfg.meta_lr}")
     epochs = meta.get("history", {}).get("epoch") or [cfg.meta_epochs]
@@ -603,16 +657,16 @@ for name, run in runs.items():
 #
 # Six functions make a small sample, and these six happen to be easier than average (predicting
 # zero scores about 0.6 on them, 1.3 on all 50): `python -m tinydan.regression deploy` gives the
-# 50-function numbers. For comparison, SPEC section 3 lists what an independent implementation
-# measured on 50 functions: net0 0.018 to 0.05 depending on the settings, net2 1.0, the naive MLP
-# 1.04 (median 0.28), and the MLP trained jointly on all windows at once, with no forgetting to
-# fight, 0.053.
+# 50-function numbers, with confidence intervals and the MLP trained jointly on all windows at
+# once (no forgetting to fight); the README's results table lists them.
 #
 # ## Exercises
 #
-# Each exercise has a cell marked `# YOUR ANSWER` that ships with a working reference solution, so
-# the notebook runs from top to bottom. Replace it with your own and run the check cell below it:
-# it raises an `AssertionError` that says what is wrong until your answer is right.
+# Each exercise has an answer cell marked `# YOUR ANSWER`: replace every
+# `raise NotImplementedError(...)` in it with your code, then run the check cell below it. The check
+# fails, with a message that says what is wrong, until your answer is right. (Run top to bottom,
+# this notebook stops at the first exercise not yet answered; `lessons/solutions/` has the same
+# notebook with reference solutions.)
 #
 # ### Exercise 1: the first-order meta-step by hand
 #
@@ -624,14 +678,16 @@ for name, run in runs.items():
 # on a population of 3 members.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def first_order_meta_step(net, theta, x, y, xm, ym, alpha):
+    # BEGIN SOLUTION
     names = list(theta)
     loss = task_loss(net, theta, td.tensor(x), td.tensor(y))
     grads = td.grad(loss, [theta[k] for k in names])              # no graph needed
     theta_1 = {k: (theta[k] - alpha * g).detach() for k, g in zip(names, grads)}
     meta_loss = td.mse_loss(net(td.tensor(xm), theta_1), td.tensor(ym))
     return theta_1, td.grad(meta_loss, net.parameters())
+    # END SOLUTION
 
 # %%
 rng_e = np.random.default_rng(50)
@@ -675,20 +731,26 @@ print("Exercise 1: correct")
 # matrices of other sizes.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def memory(R):
+    # BEGIN SOLUTION
     T = R.shape[-1]
     seen = np.tril(np.ones((T, T)))                          # 1 where j <= i
     return (R * seen).sum(-1) / seen.sum(-1)
+    # END SOLUTION
 
 
 def total(R):
+    # BEGIN SOLUTION
     return R.mean(-1)
+    # END SOLUTION
 
 
 def forgetting_of(R):
+    # BEGIN SOLUTION
     diag = np.diagonal(R, axis1=-2, axis2=-1)[..., :-1]      # R[j, j] for j < T-1
     return (R[..., -1, :-1] - diag).mean(-1)
+    # END SOLUTION
 
 # %%
 cases = [run["R"] for run in runs.values()]
@@ -725,8 +787,9 @@ print(f"Exercise 2: correct. The MLP forgot most on held-out function {worst}.")
 # `build_regression_net(cfg)` with `load_state_dict(net.state_dict())` is a copy of phi.)
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def deploy_plastic(net, theta0, functions, cfg, phi_lr):
+    # BEGIN SOLUTION
     F, T, S = len(functions), cfg.n_windows, cfg.steps_per_window
     seq = SineSequence(functions, np.random.default_rng([0, 7]), steps=S, batch=cfg.inner_batch,
                        n_windows=T)
@@ -750,6 +813,7 @@ def deploy_plastic(net, theta0, functions, cfg, phi_lr):
                     pred = net_f(td.tensor(xe[f:f + 1]), theta).data
                 R[f, step // S] = ((pred - ye[f:f + 1]) ** 2).reshape(T, -1).mean(-1)
     return R
+    # END SOLUTION
 
 # %%
 two = held_out.subset([0, 1])
@@ -781,8 +845,8 @@ for name, R_e in [("net0 (phi fixed)", R_net0), ("net1 (phi plastic)", R_net1)]:
 # shared by *every* DAN in the network, so a step on phi changes how every neuron responds,
 # everywhere in the domain, not only in the current window; and meta-learning shaped phi to be a
 # good *fixed* phenotype for learning in the synapses, not to be trained itself. In the paper's
-# Figure 4, and in SPEC section 3's 50-function numbers (net1 0.24 against net0 0.018), the plastic
-# phenotype does much worse. Try other values of `phi_lr`, and more functions, to see how the gap
+# Figure 4 (section 6.1) the plastic phenotype does much worse, and so it does on 50 functions in
+# `python -m tinydan.regression ablate --study models`. Try other values of `phi_lr`, and more functions, to see how the gap
 # grows with phi's learning rate.
 #
 # **Next:** lesson 6 scales the same Algorithm 1 to images: unsupervised class-incremental

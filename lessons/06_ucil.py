@@ -14,7 +14,7 @@
 #   28x28 by area averaging with ink = 1, the MNIST test digits (two fixed halves: one chooses the
 #   learning rates and the meta-epoch, the other is deployed on), and the task sequences
 #   (`ClassSequences`) that Algorithm 1 consumes;
-# - the model of SPEC section 4: an **input DAN layer** (two 3x3 convolutions), then layers of
+# - the model of paper section 3.2: an **input DAN layer** (two 3x3 convolutions), then layers of
 #   **convolutional DANs** that read their C inputs as a small sqrt(C) x sqrt(C) image, one
 #   phenotype per layer (`per_layer` sharing), and skip VECs; its synapse shapes and counts for the
 #   `small` config and for the paper's (38.6M synapses per model, counted, never allocated);
@@ -23,9 +23,9 @@
 #   digits **not yet seen** as learning goes on (forward transfer), against random fixed DANs on
 #   the same images.
 #
-# Words as in SPEC section 1 and lessons 3-5: the **synapses** theta (VEC weights) learn during
-# deployment; the **phenotype** phi (the DANs' own parameters) is fixed during deployment and
-# meta-learned beforehand.
+# Words as in lessons 3-5 (and the glossary in docs/model-and-protocol.md): the **synapses** theta
+# (VEC weights) learn during deployment; the **phenotype** phi (the DANs' own parameters) is fixed
+# during deployment and meta-learned beforehand.
 
 # %%
 import os
@@ -36,6 +36,7 @@ for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 import math
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -197,6 +198,7 @@ plt.show()
 if ucil.SHIPPED_PHENOTYPE.exists():
     ph = ucil.load_phenotype(ucil.SHIPPED_PHENOTYPE)
     print(f"loaded {ucil.SHIPPED_PHENOTYPE.name}: config {ph.cfg.name!r}, seed {ph.seed}")
+    ph.meta["command"] = re.sub(r" --out \S+", "", ph.meta.get("command", "?"))  # (a folder elsewhere)
     for key in ("command", "best_epoch", "best_val", "deployed_epoch", "epoch_lr",
                 "meta_train_seconds", "note"):
         if key in ph.meta:
@@ -358,6 +360,12 @@ plt.show()
 # %% [markdown]
 # ## Exercises
 #
+# Each exercise has an answer cell marked `# YOUR ANSWER`: replace every
+# `raise NotImplementedError(...)` in it with your code, then run the check cell below it. The check
+# fails, with a message that says what is wrong, until your answer is right. (Run top to bottom,
+# this notebook stops at the first exercise not yet answered; `lessons/solutions/` has the same
+# notebook with reference solutions.)
+#
 # ### Exercise 1: memory and transfer curves
 #
 # Write `memory_curve(R)` and `transfer_curve(R)` for loss matrices of shape `(..., T, T)`:
@@ -366,19 +374,23 @@ plt.show()
 # `tinydan.continual.memory_loss` / `transfer_loss` on the deployments above and on random matrices.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def memory_curve(R):
+    # BEGIN SOLUTION
     R = np.asarray(R, dtype=np.float64)
     T = R.shape[-1]
     return np.stack([R[..., i, :i + 1].mean(-1) for i in range(T)], axis=-1)
+    # END SOLUTION
 
 
 def transfer_curve(R):
+    # BEGIN SOLUTION
     R = np.asarray(R, dtype=np.float64)
     T = R.shape[-1]
     cols = [R[..., i, i + 1:].mean(-1) for i in range(T - 1)]
     cols.append(np.full(R.shape[:-2], np.nan))
     return np.stack(cols, axis=-1)
+    # END SOLUTION
 
 # %%
 cases = [run["R"] for run in runs.values()]
@@ -405,10 +417,12 @@ print("Exercise 1: correct")
 # reproduce `R[0, 9]`.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def per_class_mse(recon, images):
+    # BEGIN SOLUTION
     err = (np.asarray(recon, dtype=np.float64) - np.asarray(images, dtype=np.float64)) ** 2
     return err.reshape(err.shape[0], -1).mean(-1)
+    # END SOLUTION
 
 # %%
 for name, run in runs.items():
@@ -433,11 +447,13 @@ print("Exercise 2: correct")
 # `small` and `paper` configs and on a few altered ones.
 
 # %%
-# YOUR ANSWER (reference solution shown; replace it with your own)
+# YOUR ANSWER
 def count_synapses(cfg):
+    # BEGIN SOLUTION
     n, C = cfg.nodes, cfg.n_channels
     total = sum(n[l] * n[l + 1] * C + n[l + 1] * C for l in range(len(n) - 1))
     return total + sum(n[j] * n[k] * C for j, k in cfg.skips)
+    # END SOLUTION
 
 # %%
 configs = [ucil.ucil_config(name) for name in ("tiny", "small", "paper")]
