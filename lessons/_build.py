@@ -346,7 +346,7 @@ def main(argv: list[str]) -> int:
     if "--stale" in flags:
         stale = stale_executed()
         for name in stale:
-            print(f"docs/lessons/{name} is older than its source")
+            print(f"docs/lessons/{name} is missing or older than its source")
         return 1 if stale else 0
     check = "--check" in flags
     out_of_date = []
