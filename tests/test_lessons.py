@@ -31,7 +31,7 @@ LESSONS = Path(__file__).resolve().parent.parent / "lessons"
 TIME_LIMIT_S = 120                               # per lesson, probes included
 EXECUTED_MAX_BYTES = 2_500_000                   # an executed copy with its figures
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")            # colour codes in IPython tracebacks
-_MACHINE_PATHS = re.compile(r"(/tmp/|/home/|/Users/|/work/|[A-Z]:\\Users)")
+_MACHINE_PATHS = re.compile(r"((?:^|[\s'\"(=])/[A-Za-z][\w.-]*/[\w.-]+|\b[A-Z]:\\\w)")  # absolute
 
 
 def _load_builder():
