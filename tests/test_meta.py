@@ -246,7 +246,7 @@ def test_trainer_with_processes_trains_as_one_process_and_reports_a_dead_worker(
         assert np.isclose(ra["meta_loss"], rb["meta_loss"], rtol=1e-4)
     for p, q in zip(one.net.parameters(), two.net.parameters()):
         np.testing.assert_allclose(p.data, q.data, rtol=1e-4, atol=1e-6)
-    procs = [proc for proc, _ in two._split.workers]
+    procs = [proc for pool in two._split.workers for proc in pool.processes()]
     assert procs and all(p.is_alive() for p in procs)
     procs[0].kill()
     procs[0].join()
@@ -256,8 +256,9 @@ def test_trainer_with_processes_trains_as_one_process_and_reports_a_dead_worker(
     # the next meta-epoch starts new workers (theta_0 is sent at each meta-epoch): nothing silently
     # runs with a member missing
     out = two.run_epoch()
-    assert np.isfinite(out["meta_loss"]) and all(p.is_alive() for p, _ in two._split.workers)
-    assert two._split.workers and two._split.workers[0][0] not in procs
+    new = [proc for pool in two._split.workers for proc in pool.processes()]
+    assert np.isfinite(out["meta_loss"]) and new and all(p.is_alive() for p in new)
+    assert new[0] not in procs
     two.close()
 
 
@@ -269,7 +270,7 @@ def test_an_interrupted_split_step_closes_the_split(monkeypatch):
     net, theta, xt, yt, xm, ym = _setup(M=3)
     split = PopulationSplit(net, 3, 2)
     mine = split.reset(theta)
-    procs = [p for p, _ in split.workers]
+    procs = [p for pool in split.workers for p in pool.processes()]
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -296,7 +297,7 @@ def test_a_population_worker_stops_when_its_parent_is_killed(tmp_path):
         "from tinydan.experiments.configs import build_regression_net, regression_config\n"
         "net = build_regression_net(regression_config('tiny'), np.random.default_rng(0))\n"
         "split = PopulationSplit(net, 2, 2)\n"
-        "print(split.workers[0][0].pid, flush=True)\n"
+        "print(split.pids()[0], flush=True)\n"
         "time.sleep(60)\n")
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:

@@ -25,6 +25,7 @@ meta-batch at the same theta_{t+1}.
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
@@ -411,16 +412,16 @@ class PopulationSplit:
 
         grad_phi (1/M) sum_m L_meta,m = sum_p (M_p / M) * grad_phi (1/M_p) sum_{m in p} L_meta,m
 
-    Each step sends phi and the members' batches to the workers (a few kB), runs this process's
-    share meanwhile, then combines. The workers keep their members' synapses between steps;
-    ``reset`` sends them theta_0 at each meta-epoch. Same maths as one process; float rounding
-    differs (the phi gradient is summed in another order), so a run is reproducible for a given
-    number of processes. With M = 3 on 2 processes this one does 2 members and the worker 1, so
-    the worker's core has room for a validation job beside it.
+    Each worker is a one-process ``Workers`` executor that keeps its members' synapses between
+    steps (``_member_step``); each step sends it phi and its members' batches (a few kB), runs
+    this process's share meanwhile, then combines. ``reset`` sends theta_0 at each meta-epoch.
+    Same maths as one process; float rounding differs (the phi gradient is summed in another
+    order), so a run is reproducible for a given number of processes. With M = 3 on 2 processes
+    this one does 2 members and the worker 1, so the worker's core has room for a validation job.
     """
 
     def __init__(self, net, population: int, processes: int):
-        from .parallel import start_process
+        from .parallel import Workers
         processes = max(1, min(int(processes), int(population)))
         bounds = np.linspace(0, population, processes + 1).round().astype(int)
         sizes = sorted((int(b - a) for a, b in zip(bounds[:-1], bounds[1:])), reverse=True)
@@ -432,15 +433,26 @@ class PopulationSplit:
         self.closed = False
         try:
             for _ in self.blocks[1:]:
-                self.workers.append(start_process(_member_loop, net))
+                pool = Workers(1, initializer=_member_init, initargs=(net,), fallback=False)
+                self.workers.append(pool)
+                pool.submit(_member_ready).result()        # started now, before any thread here
         except BaseException:
             self.close()
             raise
 
+    def pids(self) -> list[int]:
+        """Process ids of the workers."""
+        return [p.pid for pool in self.workers for p in pool.processes()]
+
     def reset(self, theta0: dict) -> dict:
         """theta_0 to every worker (its members' rows); returns this process's rows as new leaves."""
-        for (_, conn), sl in zip(self.workers, self.blocks[1:]):
-            self._send(conn, ("reset", {k: np.asarray(v)[sl] for k, v in theta0.items()}))
+        try:
+            futures = [pool.submit(_member_reset, {k: np.asarray(v)[sl] for k, v in theta0.items()})
+                       for pool, sl in zip(self.workers, self.blocks[1:])]
+            for f in futures:
+                self._result(f)
+        except BrokenExecutor as e:
+            raise self._stopped(e) from None
         return _as_leaves({k: np.asarray(v)[self.blocks[0]] for k, v in theta0.items()}, copy=True)
 
     def meta_step(self, net, theta, x_task, y_task, x_meta, y_meta, inner_lr, meta_grad="first_order",
@@ -453,14 +465,16 @@ class PopulationSplit:
         phi = net.parameters() if phi is None else phi
         phi_arrays = [p.data for p in phi]
         try:
-            for (_, conn), sl in zip(self.workers, self.blocks[1:]):
-                self._send(conn, ("step", phi_arrays, x_task[sl], y_task[sl], x_meta[sl],
-                                  y_meta[sl], inner_lr, meta_grad, in_place))
+            futures = [pool.submit(_member_step, phi_arrays, x_task[sl], y_task[sl], x_meta[sl],
+                                   y_meta[sl], inner_lr, meta_grad, in_place)
+                       for pool, sl in zip(self.workers, self.blocks[1:])]
             sl = self.blocks[0]
             theta1, gphi, lt, lm = meta_step(net, theta, x_task[sl], y_task[sl], x_meta[sl],
                                              y_meta[sl], inner_lr, meta_grad, phi, in_place=in_place)
             parts = [([None if g is None else g.data for g in gphi], lt, lm)]
-            parts += [self._recv(conn) for _, conn in self.workers]
+            parts += [self._result(f) for f in futures]
+        except BrokenExecutor as e:
+            raise self._stopped(e) from None
         except BaseException:       # replies left unread would answer the next step: stop here
             self.close()
             raise
@@ -478,34 +492,26 @@ class PopulationSplit:
         return RuntimeError(f"a population worker process has stopped ({e!r}); resume the run "
                             "from its checkpoint, or run with one process")
 
-    def _send(self, conn, msg):
+    def _result(self, future):
         try:
-            conn.send(msg)
-        except (EOFError, OSError) as e:                   # BrokenPipeError is an OSError
-            raise self._stopped(e) from None
-
-    def _recv(self, conn):
-        try:
-            out = conn.recv()
-        except (EOFError, OSError) as e:
-            raise self._stopped(e) from None
-        if out[0] == "error":
+            return future.result()
+        except BrokenExecutor:
+            raise
+        except Exception as e:
             self.close()
-            raise RuntimeError(f"a population worker process failed:\n{out[1]}")
-        return out[1:]
+            raise RuntimeError(f"a population worker process failed: {e!r}") from e
 
     def close(self) -> None:
         """Stop the workers; the split cannot be used afterwards."""
         self.closed = True
-        for proc, conn in self.workers:
-            try:
-                conn.send(("stop",))
-            except (BrokenPipeError, EOFError, OSError):
-                pass
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-            conn.close()
+        for pool in self.workers:
+            procs = pool.processes()
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.terminate()
+                    p.join(timeout=5)
         self.workers = []
 
     def __del__(self):
@@ -515,37 +521,35 @@ class PopulationSplit:
             pass
 
 
-def _member_loop(conn, net) -> None:
-    """A ``PopulationSplit`` worker: keeps its members' synapses, runs ``meta_step`` on request."""
-    import traceback
-    from .parallel import parent_gone, set_blas_threads
+_MEMBERS: dict = {}      # in a PopulationSplit worker: its network and its members' synapses
+
+
+def _member_init(net) -> None:
+    """A PopulationSplit worker starts: one BLAS thread, the network kept for its steps."""
+    from .parallel import set_blas_threads
     set_blas_threads(1)
-    phi, theta = net.parameters(), None
-    while True:
-        try:
-            if parent_gone(conn):                # killed: nobody will send "stop"
-                return
-            msg = conn.recv()
-        except (EOFError, OSError):              # the parent has gone
-            return
-        try:
-            if msg[0] == "stop":
-                return
-            if msg[0] == "reset":
-                theta = _as_leaves(msg[1], copy=True)
-                continue
-            _, phi_arrays, x, y, xm, ym, lr, meta_grad, in_place = msg
-            for p, a in zip(phi, phi_arrays):
-                p.data = a
-            theta, gphi, lt, lm = meta_step(net, theta, x, y, xm, ym, lr, meta_grad, phi,
-                                            in_place=in_place)
-            conn.send(("ok", [None if g is None else g.data for g in gphi], lt, lm))
-        except Exception:
-            try:
-                conn.send(("error", traceback.format_exc()))
-            except OSError:                      # the parent has gone
-                pass
-            return
+    _MEMBERS.update(net=net, theta=None)
+
+
+def _member_ready() -> bool:
+    return "net" in _MEMBERS
+
+
+def _member_reset(theta_rows: dict) -> None:
+    """theta_0 of this worker's members, at the start of a meta-epoch."""
+    _MEMBERS["theta"] = _as_leaves(theta_rows, copy=True)
+
+
+def _member_step(phi_arrays, x, y, xm, ym, lr, meta_grad, in_place):
+    """``meta_step`` on this worker's members under the sent phi; returns (grads, L_task, L_meta)."""
+    net = _MEMBERS["net"]
+    phi = net.parameters()
+    for p, a in zip(phi, phi_arrays):
+        p.data = a
+    theta, gphi, lt, lm = meta_step(net, _MEMBERS["theta"], x, y, xm, ym, lr, meta_grad, phi,
+                                    in_place=in_place)
+    _MEMBERS["theta"] = theta
+    return [None if g is None else g.data for g in gphi], lt, lm
 
 
 def _jsonable(obj):

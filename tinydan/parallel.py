@@ -16,15 +16,15 @@ import contextlib
 import ctypes
 import os
 import sys
-import warnings
 import threading
 import time
+import warnings
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
-__all__ = ["tune_allocator", "Workers", "executor_width", "usable_cores", "watch_parent", "set_blas_threads", "blas_threads", "one_blas_thread",
-           "start_process", "parent_gone", "mp_context"]
+__all__ = ["Workers", "executor_width", "usable_cores", "watch_parent", "set_blas_threads",
+           "blas_threads", "one_blas_thread", "mp_context", "tune_allocator"]
 
 
 def usable_cores() -> int:
@@ -54,7 +54,7 @@ def watch_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="tinydan-watch-parent").start()
 
 
-def _init_worker(nice: int = 0):
+def _init_worker(nice: int = 0, initializer=None, initargs=()):
     watch_parent()
     # one BLAS thread per process: the point is to use the cores with processes, not threads
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -64,6 +64,8 @@ def _init_worker(nice: int = 0):
             os.nice(int(nice))
         except (AttributeError, OSError):  # pragma: no cover - not POSIX
             pass
+    if initializer is not None:
+        initializer(*initargs)
 
 
 def executor_width(pool) -> int:
@@ -75,14 +77,20 @@ class Workers(Executor):
     """A process pool of ``n`` workers (default: cores - 1), or inline execution when n == 0.
 
     ``nice`` > 0 lowers the workers' priority: their jobs fill what the caller's processes leave
-    of the cores instead of taking turns with them (validation beside a split meta-step)."""
+    of the cores instead of taking turns with them (validation beside a split meta-step).
+    ``initializer(*initargs)`` runs once in each worker (state a worker keeps between jobs);
+    ``fallback=False``: a pool that cannot start or breaks raises instead of running jobs inline.
+    """
 
-    def __init__(self, n: int | None = None, nice: int = 0):
+    def __init__(self, n: int | None = None, nice: int = 0, initializer=None, initargs=(),
+                 fallback: bool = True):
         self.n = max(0, usable_cores() - 1) if n is None else int(n)
+        self.fallback = bool(fallback)
         self._pool = None
         if self.n > 0:
             self._pool = ProcessPoolExecutor(self.n, mp_context=mp_context(),
-                                             initializer=_init_worker, initargs=(int(nice),))
+                                             initializer=_init_worker,
+                                             initargs=(int(nice), initializer, tuple(initargs)))
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         """Run fn(*args, **kwargs) in a worker (or now, inline) and return a Future."""
@@ -90,6 +98,8 @@ class Workers(Executor):
             try:
                 return self._pool.submit(fn, *args, **kwargs)
             except (BrokenProcessPool, RuntimeError, OSError) as e:
+                if not self.fallback:
+                    raise
                 warnings.warn(f"worker process unavailable ({e}); running jobs inline", RuntimeWarning)
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
@@ -109,6 +119,11 @@ class Workers(Executor):
     def close(self) -> None:
         """Wait for running jobs and stop the workers."""
         self.shutdown(wait=True)
+
+    def processes(self) -> list:
+        """The worker processes running now (multiprocessing.Process objects)."""
+        procs = getattr(self._pool, "_processes", None) or {}
+        return list(procs.values())
 
 
 def _openblas_libraries() -> list:
@@ -194,43 +209,6 @@ def one_blas_thread():
                 os.environ.pop(v, None)
             else:
                 os.environ[v] = old
-
-
-def start_process(target, *args):
-    """Start ``target(conn, *args)`` in a new process; returns (process, this end of the pipe).
-
-    For workers that keep state between requests (``MetaTrainer(processes=2)``): forked on Linux
-    (``args`` are inherited, not pickled), spawned elsewhere (``target`` must be a module-level
-    function and ``args`` picklable). The process is a daemon (stopped when this one exits
-    normally); ``target`` should also stop when ``parent_gone(conn)`` says so, which covers a
-    parent that was killed. In the child, SIGINT is ignored: Ctrl-C stops the parent, which
-    stops its workers.
-    """
-    ctx = mp_context()
-    fork = ctx.get_start_method() == "fork"
-    here, there = ctx.Pipe()
-    proc = ctx.Process(target=_child, args=(target, there, here if fork else None, *args),
-                       daemon=True)
-    proc.start()
-    there.close()
-    return proc, here
-
-
-def _child(target, conn, parent_end, *args):
-    import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if parent_end is not None:          # forked: the parent's end of the pipe came along; drop it
-        parent_end.close()
-    target(conn, *args)
-
-
-def parent_gone(conn, timeout: float | None = None) -> bool:
-    """Wait until ``conn`` has a message (False) or this process's parent has exited (True)."""
-    import multiprocessing
-    from multiprocessing.connection import wait
-    parent = multiprocessing.parent_process()
-    ready = wait([conn] + ([parent.sentinel] if parent is not None else []), timeout)
-    return conn not in ready and bool(ready)
 
 
 def tune_allocator() -> bool:
