@@ -4,6 +4,10 @@
 update itself is not part of any graph. ``sgd_step`` returns NEW tensors
 ``theta - lr * grad``; when the gradients were computed with ``create_graph=True`` the result is
 differentiable w.r.t. whatever shaped the gradients (the one-step meta-gradient).
+
+Both updates can be recorded by ``tinydan.compile``: they declare the state that outlives a step
+(Adam's moments; the numbers they use as constants) and compute Adam's step counter and bias
+corrections in a callback, which a replay runs again.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from . import ops
+from .compiler import callback, declare_state
 from .tensor import Tensor
 
 __all__ = ["SGD", "Adam", "sgd_step"]
@@ -56,6 +61,7 @@ class SGD(_Optimizer):
     """p <- p - lr * g."""
 
     def step(self, grads=None) -> None:
+        declare_state(self, fixed=("lr",), tensors=self.params)   # for tinydan.compile
         for p, g in zip(self.params, self._grads(grads)):
             if g is not None:
                 p.data = p.data - self.lr * g
@@ -74,11 +80,9 @@ class Adam(_Optimizer):
         self.v = [np.zeros_like(p.data) for p in self.params]
 
     def step(self, grads=None) -> None:
-        self.t += 1
-        b1, b2, lr = self.b1, self.b2, self.lr
-        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        step = lr * np.sqrt(c2) / c1
-        eps = self.eps * np.sqrt(c2)
+        declare_state(self, "m", "v", fixed=("b1", "b2"), tensors=self.params)  # tinydan.compile
+        step, eps = callback(self._advance)
+        b1, b2 = self.b1, self.b2
         for p, g, m, v in zip(self.params, self._grads(grads), self.m, self.v):
             if g is None:
                 continue
@@ -87,6 +91,12 @@ class Adam(_Optimizer):
             v *= b2
             v += (1 - b2) * (g * g)
             p.data = p.data - (step * m / (np.sqrt(v) + eps)).astype(p.dtype, copy=False)
+
+    def _advance(self):
+        """t <- t + 1; returns the step lr sqrt(1 - b2^t) / (1 - b1^t) and eps sqrt(1 - b2^t)."""
+        self.t += 1
+        c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
+        return self.lr * np.sqrt(c2) / c1, self.eps * np.sqrt(c2)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """m, v and t as arrays (for checkpoints)."""

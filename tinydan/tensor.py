@@ -20,6 +20,10 @@ DEFAULT_DTYPE = np.dtype(np.float32)
 # The recording switch. ``tinydan.autograd.no_grad`` flips it; ``apply`` reads it on every op.
 _grad_enabled = True
 
+# While ``tinydan.compile`` records a call, its recorder (tinydan/compiler/recorder.py): ``apply``
+# lets it see every op's arrays before and after the forward. None otherwise.
+_recorder = None
+
 
 def is_grad_enabled() -> bool:
     """True when ops record the graph (the default); False inside ``tinydan.no_grad()``."""
@@ -207,6 +211,9 @@ class Op:
 
 def apply(op, *inputs: Tensor, **attrs) -> Tensor:
     """Run ``op.forward`` on the inputs' arrays and, if recording, link the output to the inputs."""
+    rec = _recorder
+    if rec is not None:                  # tinydan.compile is recording: inputs become traced
+        attrs = rec.enter(op, inputs, attrs)
     out = _new(Tensor)
     out.saved = None
     n = len(inputs)                      # unrolled for the common arities: this is the hot path
@@ -239,4 +246,6 @@ def apply(op, *inputs: Tensor, **attrs) -> Tensor:
         out._op = None
         out._inputs = ()
         out.saved = None
+    if rec is not None:
+        rec.leave(op, out)
     return out
