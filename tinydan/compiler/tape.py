@@ -405,7 +405,7 @@ class Tape:
                          f"{_shape(v)}")
         folded = sum(k.kind.startswith("fold:") for k in self.order)
         if folded:
-            lines[0] += f"; {folded} kernels of constants folded"
+            lines[0] += f"; {folded} on constants only, folded"
         for k in self.order:
             if k.kind.startswith("fold:"):
                 continue
@@ -436,7 +436,7 @@ class Tape:
             return f"input {where[1]}" + (" (Tensor)" if where[2] else "")
         if where[0] == "tensor":
             t = where[1]
-            return f"Tensor {t.name or ''}.data".replace(" .", " ")
+            return f"{type(t).__name__} {t.name or ''}.data".replace(" .", ".")
         return f"{type(where[1]).__name__}.{where[2]}" + ("" if where[3] is None else
                                                         f"[{where[3]}]")
 
@@ -448,7 +448,7 @@ class Tape:
         if target[0] == "leaf":
             return f"input {target[1]}'s .{attr}"
         if target[0] == "tensor":
-            return f"Tensor {target[1].name or ''}.{attr}".replace(" .", " ")
+            return f"{type(target[1]).__name__} {target[1].name or ''}.{attr}".replace(" .", ".")
         return f"{type(target[1]).__name__}.{target[2]}" + ("" if attr is None else f"[{attr}]")
 
     def release(self) -> None:

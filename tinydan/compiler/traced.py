@@ -46,11 +46,12 @@ def set_active(rec) -> None:
 
 
 def _short(path: str) -> str:
+    """A path relative to the working directory, or the file's name when it is outside it."""
     try:
         rel = os.path.relpath(path)
     except ValueError:
-        return path
-    return path if rel.startswith(".." + os.sep + "..") else rel
+        return os.path.basename(path)
+    return os.path.basename(path) if rel.startswith("..") else rel
 
 
 def user_site(depth: int = 1, short: bool = False) -> str:
