@@ -81,9 +81,13 @@ SOLUTIONS: dict[str, tuple[str, str]] = {
                              "(N*OH*OW, C*kh*kw) matrix, vectorized"),
     "col2im_array": ("conv", "col2im: add every row back into the window it came from (the adjoint "
                              "of im2col), one vectorized add per kernel offset"),
-    "max_pool2d": ("conv", "max-pool: take the arg-max of every window (im2col + take_rows)"),
+    "max_pool2d": ("conv", "max-pool: take the arg-max of every window (im2col + take_rows; "
+                           "stride 1: the separable kernel, rows then columns)"),
     "MLPDAN.forward": ("dan", "DAN forward: run the shared (or per-neuron) MLP on all neurons' "
                               "C-vectors in ONE batched call, (R, n, C) -> (R, n)"),
+    "ConvDAN.forward": ("dan", "convolutional DAN forward: every neuron's C inputs become one small "
+                               "image of a batch, all neurons of the layer in ONE batched call "
+                               "(checkpoint_rows over _rows), (R, n, C) -> (R, n)"),
     "inner_step": ("meta", "inner step: theta' = theta - lr * grad_theta L_task (differentiable when "
                            "create_graph=True)"),
     "meta_step": ("meta", "meta step: the inner step, then grad_phi of the meta-loss at theta' "
