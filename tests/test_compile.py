@@ -303,6 +303,39 @@ def test_outputs_are_fresh_dead_values_dropped_and_buffers_reused():
     assert "reused buffers" in text and "tanh" in text and "<- input 0 (Tensor)" in text
 
 
+class _Momentum:
+    """SGD with momentum, its velocities in a dict: state a compiled step must carry."""
+
+    def __init__(self, params, lr=0.1, mu=0.9):
+        self.params, self.lr, self.mu = params, lr, mu
+        self.velocity = {i: np.zeros_like(p.data) for i, p in enumerate(params)}
+
+    def step(self, grads):
+        from tinydan.compiler import declare_state
+        declare_state(self, "velocity", fixed=("lr", "mu"), tensors=self.params)
+        for i, (p, g) in enumerate(zip(self.params, grads)):
+            self.velocity[i] = self.mu * self.velocity[i] + g.data      # rebound: written back
+            p.data = p.data - self.lr * self.velocity[i]
+
+
+def test_declared_state_in_a_dict_is_carried_between_calls():
+    results = []
+    for compiled in (False, True):
+        w = Tensor(np.linspace(-1, 1, 6).reshape(3, 2), requires_grad=True)
+        opt = _Momentum([w])
+
+        def step(x):
+            loss = ops.sum(ops.tanh(ops.matmul(x, w)) ** 2)
+            opt.step(grad(loss, [w]))
+            return loss
+
+        f = compile(step) if compiled else step
+        r = np.random.default_rng(0)
+        losses = [f(Tensor(r.normal(size=(4, 3)))).data for _ in range(5)]
+        results.append((losses, w.data, opt.velocity[0]))
+    assert_same(results[1], results[0])
+
+
 def test_callback_runs_at_every_replay():
     draws = np.random.default_rng(0)
     f = compile(lambda x: x * callback(draws.normal, size=3))

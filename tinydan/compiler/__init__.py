@@ -12,18 +12,26 @@ numbers are the eager ones, bit for bit: the same NumPy calls on the same arrays
 
 What a replay reads and writes:
 
-* the arguments (Tensors, arrays, numbers, nested in tuples, lists and dicts);
+* the arguments (Tensors, arrays, numbers, nested in tuples, lists and dicts); outputs are
+  detached leaves, new arrays at every call;
 * Tensors fn reaches without being given them (a network's Parameters): their ``.data`` is read at
   every call, and rebinding it (``p.data = p.data - lr * g``) or setting ``.grad`` is done again;
-* state declared with ``declare_state`` (an optimizer's moments), and numbers from ``callback``
+* state declared with ``declare_state`` (an optimizer's moments), and values from ``callback``
   (an optimizer's step counter); ``tinydan.optim`` declares its own.
 
-Python runs only while recording: control flow is frozen as it ran, so a value may not steer it.
-Reading a traced value into Python (``float()``, ``bool()``, ``.item()``, an ``if`` on an array)
-raises ``CompileError`` naming the line; so do writes the tape could not repeat. Python numbers fn
-reads from elsewhere (a learning rate in a closure) are constants of the tape: pass them as
-arguments. ``compile(fn, check=True)`` runs the replay and fn side by side at every call and
-raises at the first difference (for debugging). See docs/ and lesson 07.
+Python runs only while recording: control flow is frozen as it ran, and Python side effects
+(appending to a list, printing) happen once. A value may not steer Python: reading a traced value
+(``float()``, ``bool()``, ``.item()``, an ``if`` on an array) raises ``CompileError`` naming the
+line, and so do writes and stores the tape could not repeat. Python numbers fn reads from elsewhere
+(a learning rate in a closure) are constants of the tape: pass them as arguments.
+
+What the recorder cannot see, because NumPy does it in C without asking the array: ``np.array(x)``
+and ``np.float64(x)`` copies of a traced array, assigning one into a plain array (``buf[:] = x``),
+indexing a plain array with one, and BLAS or other compiled code called on raw arrays. Every new
+tape is replayed once on copies of the recorded call and must reproduce it exactly, which catches
+such writes into arrays the tape knows (the in-place SGD kernel of ``meta.inner_step`` is refused
+this way); ``compile(fn, check=True)`` runs the replay and fn side by side at every call and raises
+at the first difference. Lesson 07 shows a tape and what it does.
 """
 from __future__ import annotations
 
@@ -94,6 +102,7 @@ class Compiled:
         self._cache: OrderedDict = OrderedDict()
         self.tape: Tape | None = None         # the latest tape recorded
         self.records = 0                      # how many calls were recorded
+        self._lock = threading.Lock()         # a tape's buffers serve one replay at a time
 
     def __call__(self, *args, **kwargs):
         if _traced._active is not None:       # inside another recording: part of its tape
@@ -108,9 +117,10 @@ class Compiled:
             for tape in tapes:
                 if tape.guards_ok():
                     self._cache.move_to_end(key)
-                    if self.check:
-                        return checked_call(tape, self.fn, args, kwargs, leaves)
-                    return tape.replay(leaves)
+                    with self._lock:
+                        if self.check:
+                            return checked_call(tape, self.fn, args, kwargs, leaves)
+                        return tape.replay(leaves)
         tape, out = _record(self.fn, args, kwargs, leaves)
         tape.objects = objects                # keeps objects keyed by identity alive
         self.records += 1

@@ -301,10 +301,12 @@ class Recorder:
                 items = [(None, val)]
             elif isinstance(val, list) and all(isinstance(a, np.ndarray) for a in val):
                 items = list(enumerate(val))
+            elif isinstance(val, dict) and all(isinstance(a, np.ndarray) for a in val.values()):
+                items = list(val.items())
             else:
                 raise CompileError(f"declare_state: {type(owner).__name__}.{name} is a "
-                                   f"{type(val).__name__}; declare arrays or lists of arrays "
-                                   "(compute numbers in a callback)")
+                                   f"{type(val).__name__}; declare arrays, or lists or dicts of "
+                                   "arrays (compute numbers in a callback)")
             for idx, a in items:
                 if type(a) is TracedArray:
                     continue                                  # declared earlier in this call
@@ -534,7 +536,8 @@ class Recorder:
         refs = [weakref.ref(v.traced) for v in self.vars]
         for v in self.vars:
             v.traced = None
-        gc.collect()
+        if any(r() is not None for r in refs):
+            gc.collect()                      # only reference cycles may still hold them
         leaked = [r() for r in refs if r() is not None]
         if leaked:
             holders = [type(h).__name__ for h in gc.get_referrers(leaked[0])

@@ -281,7 +281,7 @@ class Tape:
         if where[0] == "tensor":
             return f"{self._const(where[1], 'o')}.data"
         _, owner, name, idx = where
-        return f"{self._const(owner, 'o')}.{name}" + ("" if idx is None else f"[{idx}]")
+        return f"{self._const(owner, 'o')}.{name}" + ("" if idx is None else f"[{idx!r}]")
 
     def _out(self, tpl) -> str:
         kind = tpl[0]
@@ -318,7 +318,7 @@ class Tape:
         else:
             lhs = f"{self._const(target[1], 'o')}.{target[2]}"
             rhs = self._wb_value(w)
-            return f"{lhs} = {rhs}" if attr is None else f"{lhs}[{attr}] = {rhs}"
+            return f"{lhs} = {rhs}" if attr is None else f"{lhs}[{attr!r}] = {rhs}"
         rhs = "None" if w is None else self._wb_value(w)
         if attr == "grad" and w is not None:
             rhs = f"_G({rhs})"
@@ -438,7 +438,7 @@ class Tape:
             t = where[1]
             return f"{type(t).__name__} {t.name or ''}.data".replace(" .", ".")
         return f"{type(where[1]).__name__}.{where[2]}" + ("" if where[3] is None else
-                                                        f"[{where[3]}]")
+                                                        f"[{where[3]!r}]")
 
     def n_kernels(self) -> int:
         """Kernels a replay runs (folded and hoisted ones run once, when the tape is built)."""
@@ -449,7 +449,7 @@ class Tape:
             return f"input {target[1]}'s .{attr}"
         if target[0] == "tensor":
             return f"{type(target[1]).__name__} {target[1].name or ''}.{attr}".replace(" .", ".")
-        return f"{type(target[1]).__name__}.{target[2]}" + ("" if attr is None else f"[{attr}]")
+        return f"{type(target[1]).__name__}.{target[2]}" + ("" if attr is None else f"[{attr!r}]")
 
     def release(self) -> None:
         """Drop the recorded call's arrays the replay does not need (after verifying)."""

@@ -88,13 +88,17 @@ def _stand_ins(tape: Tape, leaves, recorded: bool):
                 setattr(fake, name, value)
             else:
                 if not hasattr(fake, name):
-                    setattr(fake, name, [_copy(a) for a in getattr(owner, name)])
+                    held = getattr(owner, name)
+                    setattr(fake, name, {k: _copy(a) for k, a in held.items()}
+                            if isinstance(held, dict) else [_copy(a) for a in held])
                 getattr(fake, name)[idx] = value
     for target, _, _ in tape.writebacks:
         if target[0] == "tensor" and id(target[1]) not in owners:
             owners[id(target[1])] = StandIn(data=None, grad=None, name=target[1].name)
         elif target[0] == "state" and id(target[1]) not in owners:
-            owners[id(target[1])] = StandIn(**{target[2]: list(getattr(target[1], target[2]))})
+            held = getattr(target[1], target[2])
+            owners[id(target[1])] = StandIn(**{target[2]: dict(held) if isinstance(held, dict)
+                                               else list(held)})
     return fake_leaves, owners
 
 
