@@ -92,7 +92,7 @@ def test_tensor_module_does_not_import_autograd():
 
 def test_make_student_replaces_regions_with_clear_stubs(tmp_path):
     done = make_student(tmp_path / "s", ["dan"], repo=REPO)
-    assert [r.function for r in done] == ["MLPDAN.forward"]
+    assert [r.function for r in done] == ["MLPDAN.forward", "ConvDAN.forward"]
     text = (tmp_path / "s" / "tinydan" / "nn" / "dan.py").read_text()
     assert 'raise NotImplementedError("dan: DAN forward' in text
     assert "BEGIN SOLUTION" not in text and "ops.transpose(z, (1, 0, 2))" not in text
