@@ -365,13 +365,16 @@ class Recorder:
                                f"{user_site(4)} (gradients accumulate); call zero_grad() before "
                                "the compiled function, or use tinydan.grad")
         d = t.data
-        v = self.lookup(d)
+        owner = owner_of(d)
+        st = self.storages.get(id(owner))
+        known = st is not None and st.owner is owner
+        v = st.views.get(sig(d)) if known else None
+        if v is None and known and st.kind not in ("input", "tensor", "state"):
+            v = self.lookup(d)                      # a const view, or an untracked view: raises
         if v is None:
-            owner = owner_of(d)
-            st = self.storages.get(id(owner))
-            if st is None or st.owner is not owner:
+            if not known:
                 st = self._storage("tensor", owner)
-            v = self._var(st, d, None)
+            v = self._var(st, d, None)              # read from this Tensor at every call
             v.where = ("tensor", weakref.ref(t))
             v.snapshot = np.array(d, copy=True)
             self.n_lifts += 1
