@@ -103,6 +103,29 @@ def test_an_interrupted_study_recomputes_only_the_missing_cells(tmp_path, monkey
     assert sorted(calls) == ["global", "per_layer", "unique"]
 
 
+def test_a_study_runs_on_any_executor(tmp_path):
+    """run_study takes any concurrent.futures.Executor (a cluster's, say): here a plain process
+    pool that records what it was given; the cells and results are those of the local pool."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    class Recording(ProcessPoolExecutor):
+        submitted: list = []
+
+        def submit(self, fn, /, *args, **kwargs):
+            self.submitted.append(args[0])
+            return super().submit(fn, *args, **kwargs)
+
+    cfg = regression_config("tiny")
+    sizes = SIZES["tiny"].replace(sharings=("global", "unique"))
+    with Recording(max_workers=2, mp_context=multiprocessing.get_context("fork")) as pool:
+        res = run_study("sharing", cfg, tmp_path / "x", sizes, executor=pool, **QUIET)
+    assert sorted(Recording.submitted) == ["_cell_meta_curve"] * 2
+    local = run_study("sharing", cfg, tmp_path / "y", sizes, workers=0, **QUIET)
+    for name, m in res["models"].items():                # the same numbers (timings aside)
+        assert m["final"] == local["models"][name]["final"] and m["R_mean"] == local["models"][name]["R_mean"]
+
+
 def test_plastic_deployment_with_frozen_phi_is_the_fixed_deployment():
     cfg = regression_config("tiny")
     tr = new_trainer(cfg, 0)

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import write_atomic
+from ..checkpoint import CheckpointError, write_atomic
 from ..continual import format_ci, mean_ci, results_table, summarize
 from ..tasks import EVAL_SEED, VAL_SEED
 from .ablations import (MLP_SIZES, SIZES, STUDIES, Cell, StudySizes, _json, _md_table, _n_eval,
                         _study_epochs, ensure_phenotype, run_cells)
-from .cli import positive_float, positive_int, seed_int
+from .cli import (RunFolder, UsageError, ci_count, load_refused_in_one_line, nonnegative_int,
+                  one_line, positive_float, positive_int, seed_int)
 from .common import versions
 from .configs import REGRESSION_CONFIGS, RegressionConfig, regression_config
 
@@ -255,9 +256,11 @@ def _ablate_command(study, cfg, sizes_name, seed, phenotype, out) -> str:
 
 def run_study(study: str, cfg: RegressionConfig, out: Path, sizes: StudySizes | None = None,
               seed: int = 0, phenotype: Path | None = None, workers: int | None = None,
-              quiet: bool = False, log=print, command: str | None = None, _ph=None) -> dict:
+              quiet: bool = False, log=print, command: str | None = None, _ph=None,
+              executor=None) -> dict:
     """Run one study into ``out`` (resuming finished cells) and write results.json, results.md and
-    the figures; returns the results dict."""
+    the figures; returns the results dict. ``executor``: any concurrent.futures.Executor to run
+    the cells on (default: a local ``Workers`` pool of ``workers`` processes)."""
     if study not in STUDIES:
         raise ValueError(f"unknown study {study!r}; choose one of {STUDIES} or 'all'")
     sizes = SIZES["default"] if sizes is None else sizes
@@ -282,7 +285,7 @@ def run_study(study: str, cfg: RegressionConfig, out: Path, sizes: StudySizes | 
     else:
         n_phi = ph.net.num_parameters()
         cells = _baseline_cells(cfg, sizes, seed, ref, n_phi)
-    done = run_cells(study, cells, out / "cells", workers, quiet, log)
+    done = run_cells(study, cells, out / "cells", workers, quiet, log, executor=executor)
     if study == "models":
         summaries, md, figs, more = _aggregate_models(cfg, done, out, extra.get("phenotype"))
     elif study in ("sharing", "channels"):
@@ -314,8 +317,9 @@ def run_study(study: str, cfg: RegressionConfig, out: Path, sizes: StudySizes | 
 
 def run_all(cfg: RegressionConfig, out: Path, sizes: StudySizes | None = None, seed: int = 0,
             phenotype: Path | None = None, workers: int | None = None, quiet: bool = False,
-            log=print, command: str | None = None, studies=STUDIES) -> dict:
-    """Every study into ``out/<study>/``, sharing one phenotype (``out/phenotype/`` unless given)."""
+            log=print, command: str | None = None, studies=STUDIES, executor=None) -> dict:
+    """Every study into ``out/<study>/``, sharing one phenotype (``out/phenotype/`` unless given);
+    ``executor`` as in ``run_study``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -326,7 +330,7 @@ def run_all(cfg: RegressionConfig, out: Path, sizes: StudySizes | None = None, s
     results = {}
     for study in studies:
         results[study] = run_study(study, cfg, out / study, sizes, seed, phenotype, workers, quiet,
-                                   log, command, _ph=ph)
+                                   log, command, _ph=ph, executor=executor)
     index = {"experiment": "incremental sine regression", "study": "all",
              "studies": {s: f"{s}/results.json" for s in studies}, "config": cfg.to_dict(),
              "sizes": (sizes or SIZES["default"]).to_dict(), "seconds": time.perf_counter() - t0,
@@ -416,35 +420,96 @@ def _number_list(s: str) -> tuple:
     return vals
 
 
+def _sizes_default(field: str) -> str:
+    """ "the sizes', D for default, T for tiny": a StudySizes field's value in each preset."""
+    vals = ", ".join(f"{getattr(v, field)} for {k}" for k, v in SIZES.items())
+    return f"(default: the sizes', {vals})"
+
+
 def add_ablate_arguments(sp) -> None:
     """The options of ``ablate``."""
-    sp.add_argument("--study", choices=[*STUDIES, "all"], default="all", help="which study (default all)")
+    sp.add_argument("--study", choices=[*STUDIES, "all"], default="all", help="which study")
     sp.add_argument("--config", choices=sorted(REGRESSION_CONFIGS), default="default",
-                    help="model and protocol (default: default)")
+                    help="model and protocol")
     sp.add_argument("--sizes", choices=sorted(SIZES), default="default",
-                    help="study sizes (default: default; tiny takes seconds)")
-    sp.add_argument("--out", type=Path, help="output folder (default runs/ablate-<study>-<time>)")
-    sp.add_argument("--seed", type=seed_int, default=0, help="base seed")
+                    help="study sizes; tiny takes seconds (with config default and no "
+                         "--phenotype, net0 is then the shipped phenotype)")
+    sp.add_argument("--out", type=Path,
+                    help="output folder; rerun the same command on it to resume (default: "
+                         "runs/ablate-<study>-<date>-<time>)")
+    sp.add_argument("--seed", type=seed_int, default=0, help="base seed (a whole number >= 0)")
     sp.add_argument("--phenotype", type=Path,
-                    help="phenotype of net0 (models, baselines), e.g. RUN/phenotype.npz; default: "
-                         "meta-train the config into OUT/phenotype")
-    sp.add_argument("--epochs", type=positive_int, help="meta-epochs of net0's phenotype (config's)")
-    sp.add_argument("--seeds", type=positive_int, help="seeds per variant (sharing, channels)")
+                    help="phenotype of net0 (models, baselines), e.g. RUN/phenotype.npz (default: "
+                         "meta-train the config into OUT/phenotype)")
+    sp.add_argument("--epochs", type=positive_int,
+                    help="meta-epochs of net0's phenotype (default: the config's)")
+    sp.add_argument("--seeds", type=positive_int,
+                    help="seeds per variant (sharing, channels) " + _sizes_default("seeds"))
     sp.add_argument("--study-epochs", type=positive_int,
-                    help="meta-epochs per run (sharing, channels; default a fifth of the config's)")
-    sp.add_argument("--channels", type=_number_list, help="n_channels values, e.g. 1,5,10,20,40")
-    sp.add_argument("--budget", type=positive_float, help="meta-grad: seconds per arm and seed")
-    sp.add_argument("--clock", choices=["cpu", "wall"], help="meta-grad budget clock (default cpu)")
-    sp.add_argument("--eval-functions", type=positive_int, help="held-out functions (default 50)")
-    sp.add_argument("--buffer-size", type=positive_int, help="replay: points kept per function")
-    sp.add_argument("--workers", type=int, help="worker processes for cells (default: one per core; 0 inline)")
+                    help="meta-epochs per run (sharing, channels; default: the sizes', a fifth of "
+                         "the config's for default, 1 for tiny)")
+    sp.add_argument("--channels", type=_number_list,
+                    help="n_channels values, e.g. 1,5,10,20,40 " + _sizes_default("channels"))
+    sp.add_argument("--budget", type=positive_float,
+                    help="meta-grad: seconds per arm and seed " + _sizes_default("budget_s"))
+    sp.add_argument("--clock", choices=["cpu", "wall"],
+                    help="meta-grad budget clock " + _sizes_default("clock"))
+    sp.add_argument("--eval-functions", type=ci_count,
+                    help="held-out functions, at least 2 (default: the sizes', the config's (50) "
+                         "for default, 3 for tiny)")
+    sp.add_argument("--buffer-size", type=positive_int,
+                    help="replay: points kept per function " + _sizes_default("buffer_size"))
+    sp.add_argument("--workers", type=nonnegative_int,
+                    help="worker processes for cells, 0 runs them here one by one (default: one "
+                         "per core)")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def add_report_arguments(sp) -> None:
     """The options of ``report``."""
     sp.add_argument("runs", nargs="+", type=Path, help="run or ablation folders")
-    sp.add_argument("--out", type=Path, default=Path("report.md"), help="Markdown file (default report.md)")
+    sp.add_argument("--out", type=Path, default=Path("report.md"), help="Markdown file")
+
+
+def _check_ablate_out(out: Path) -> None:
+    """Refuse (UsageError) an --out that holds a run of another kind: a meta-training checkpoint
+    or results that are not an ablation's (an ablation folder is resumed, never refused)."""
+    if (out / "checkpoint.npz").is_file():
+        raise UsageError(f"--out {out} holds a meta-training run (checkpoint.npz), not an "
+                         "ablation; choose another --out")
+    res = out / "results.json"
+    if res.is_file():
+        try:
+            study = json.loads(res.read_text()).get("study")
+        except (OSError, ValueError, AttributeError):
+            study = None
+        if study is None:
+            raise UsageError(f"--out {out} holds the results of another kind of run, not an "
+                             "ablation; choose another --out")
+
+
+def _net0_phenotype(a, cfg, log=print):
+    """The phenotype file net0 deploys: --phenotype (checked now, so that a wrong file stops the
+    run before any work), the shipped phenotype for `--sizes tiny` of config default, or None
+    (meta-train the config into OUT/phenotype)."""
+    from .regression import SHIPPED_PHENOTYPE, load_phenotype
+    if a.study not in ("models", "baselines", "all"):
+        return a.phenotype
+    path = a.phenotype
+    if path is None:
+        if not (a.sizes == "tiny" and cfg == regression_config("default")
+                and SHIPPED_PHENOTYPE.is_file()):
+            return None
+        path = SHIPPED_PHENOTYPE
+        log(f"net0: the shipped phenotype {path} (--sizes tiny; pass --phenotype to choose "
+            "another, or --config tiny to meta-train one in seconds)")
+    if not path.is_file():
+        raise UsageError(f"--phenotype {path} does not exist or is not a file")
+    try:
+        load_refused_in_one_line(load_phenotype, path)
+    except CheckpointError as e:
+        raise UsageError(f"--phenotype {path} is not a regression phenotype: {one_line(e)}") from None
+    return path
 
 
 def ablate_main(a, parser, command: str) -> int:
@@ -462,17 +527,39 @@ def ablate_main(a, parser, command: str) -> int:
     if a.phenotype is not None and not a.phenotype.exists():
         parser.error(f"phenotype {a.phenotype} does not exist")
     out = a.out or Path("runs") / f"ablate-{a.study}-{datetime.now():%Y%m%d-%H%M%S}"
+    RunFolder(out, resume=True).check()
+    _check_ablate_out(out)
+    phenotype = _net0_phenotype(a, cfg)
     print(f"ablation {a.study!r}: config {cfg.name!r}, sizes {a.sizes!r}; writing to {out} "
           "(rerun the same command to resume)")
-    if a.study == "all":
-        run_all(cfg, out, sizes, a.seed, a.phenotype, a.workers, a.quiet, command=command)
-    else:
-        run_study(a.study, cfg, out, sizes, a.seed, a.phenotype, a.workers, a.quiet, command=command)
+    with RunFolder(out, resume=True):
+        if a.study == "all":
+            run_all(cfg, out, sizes, a.seed, phenotype, a.workers, a.quiet, command=command)
+        else:
+            run_study(a.study, cfg, out, sizes, a.seed, phenotype, a.workers, a.quiet,
+                      command=command)
     return 0
+
+
+def _check_report_out(out: Path) -> None:
+    """Refuse (UsageError) a report path that is a folder, lies below a file, or cannot be made."""
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the path of the Markdown file to write")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out}: {parent} is a file, not a folder; choose another "
+                                 "--out")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UsageError(f"--out {out}: cannot write in {parent} (not writable); choose "
+                                 "another --out")
+            break
 
 
 def report_main(a, parser) -> int:
     """``python -m tinydan.regression report``."""
+    _check_report_out(a.out)
     try:
         path = write_report(a.runs, a.out)
     except FileNotFoundError as e:
