@@ -125,6 +125,8 @@ def _fake_repo(root: Path) -> Path:
     for name in ("lessons/01_intro.ipynb", "lessons/solutions/01_intro.ipynb"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("{}")
+    (root / "lessons" / "01_intro.py").write_text(
+        "def f(x):\n    # BEGIN SOLUTION\n    return 2 * x  # the answer\n    # END SOLUTION\n")
     return root
 
 
@@ -133,6 +135,8 @@ def test_student_copy_takes_the_lessons_but_not_their_solutions(tmp_path):
     assert make_student(tmp_path / "s", repo=repo) == []
     assert (tmp_path / "s" / "lessons" / "01_intro.ipynb").exists()
     assert not (tmp_path / "s" / "lessons" / "solutions").exists()
+    source = (tmp_path / "s" / "lessons" / "01_intro.py").read_text()
+    assert "the answer" not in source and 'raise NotImplementedError("Exercise' in source
     assert (tmp_path / "s" / "tests" / "test_x.py").exists()
 
 

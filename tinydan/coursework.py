@@ -191,11 +191,28 @@ def _ignore_for(src: Path, repo: Path):
     return ignore
 
 
+def _blank_lesson_source(path: Path) -> None:
+    """A lesson source's exercise answers (``# BEGIN SOLUTION`` ... ``# END SOLUTION``) replaced by
+    a NotImplementedError, as in the student notebooks."""
+    lines = path.read_text().splitlines(keepends=True)
+    out, inside = [], False
+    for line in lines:
+        m = BEGIN.match(line)
+        if m and not inside:
+            inside = True
+            out.append(f'{m.group(1)}raise NotImplementedError("Exercise: write your answer")\n')
+        elif inside and END.match(line):
+            inside = False
+        elif not inside:
+            out.append(line)
+    path.write_text("".join(out))
+
+
 def make_student(out_dir, topics=None, repo: Path | None = None, force: bool = False) -> list[Region]:
     """Copy the project to ``out_dir`` with the solution regions of ``topics`` (default: all) blanked.
 
     The copy holds the package, the tests, pyproject.toml, the README and the lessons (without
-    lessons/solutions/, the worked answers).
+    lessons/solutions/, the worked answers, and with the answers blanked in the lesson sources).
     """
     repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[1]
     out = Path(out_dir)
@@ -220,6 +237,8 @@ def make_student(out_dir, topics=None, repo: Path | None = None, force: bool = F
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
+    for lesson in sorted((out / "lessons").glob("[0-9][0-9]_*.py")):
+        _blank_lesson_source(lesson)
     chosen = [r for r in regions if r.topic in topics]
     by_file: dict[Path, list[Region]] = {}
     for r in chosen:
