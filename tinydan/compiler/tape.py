@@ -6,8 +6,8 @@ Planning, once per tape:
    optimizer state, arrays written in place), a kernel is kept when a kept kernel reads a var it
    makes, or when it writes memory that is read later;
 2. **buffers**: an array a ufunc (or matmul, or a reduction) makes that does not leave the call gets
-   a buffer allocated once and passed as ``out=``; buffers of the same shape, dtype and strides are
-   shared by arrays whose lifetimes do not overlap (freed after their last reader);
+   a buffer allocated once and passed as ``out=``: a view, with the recorded shape and strides, of a
+   byte block that arrays whose lifetimes do not overlap share (freed after their last reader);
 3. **hoisting**: views of constants and of buffers (reshape, transpose, basic indexing) are made
    once, when the tape is built.
 
@@ -168,14 +168,18 @@ class Tape:
         return v.producer is None and v.where is None and v.storage.kind == "const"
 
     def _assign_buffers(self, pooled) -> None:
+        """Give every pooled array a view of a byte block (its recorded shape and strides); blocks
+        are reused, smallest that fits first, by arrays made after the last reader of the
+        previous one, so the tape touches little memory (it stays in cache)."""
         last: dict = {}
         for i, k in enumerate(self.order):
             for v in k.reads:
                 last[id(v.storage)] = i
             for st in k.writes:
                 last[id(st)] = i
-        free: dict = {}
-        self.buffers: list = []
+        free: list = []                                  # (capacity in bytes, block index)
+        self.blocks: list = []
+        self.buffers: list = []                          # one view per pooled array
         self.buffer_of: dict = {}
         ends: dict = {}
         pooled_ids = {id(v) for v in pooled}
@@ -183,17 +187,22 @@ class Tape:
             for o in k.outs:
                 if o is None or id(o) not in pooled_ids:
                     continue
-                key = (o.shape, o.dtype, o.plain.strides)
-                stack = free.get(key)
-                if stack:
-                    j = stack.pop()
+                need = max(1, o.plain.nbytes)
+                fits = [f for f in free if f[0] >= need]
+                if fits:
+                    best = min(fits)
+                    free.remove(best)
+                    j = best[1]
                 else:
-                    j = len(self.buffers)
-                    self.buffers.append(np.empty_like(o.plain))
-                self.buffer_of[id(o)] = j
-                ends.setdefault(last.get(id(o.storage), i), []).append((key, j))
-            for key, j in ends.pop(i, ()):
-                free.setdefault(key, []).append(j)
+                    j = len(self.blocks)
+                    self.blocks.append(np.empty(need, dtype=np.uint8))
+                block = self.blocks[j]
+                view = np.ndarray(o.shape, o.dtype, buffer=block, strides=o.plain.strides)
+                self.buffer_of[id(o)] = len(self.buffers)
+                self.buffers.append(view)
+                ends.setdefault(last.get(id(o.storage), i), []).append((block.nbytes, j))
+            for entry in ends.pop(i, ()):
+                free.append(entry)
 
     # ------------------------------------------------------------------ code generation
     def _const(self, value, prefix="k") -> str:
@@ -398,8 +407,9 @@ class Tape:
     def __str__(self) -> str:
         lines = [f"tape of {self.title}: {self.n_kernels()} kernels "
                  f"({self.recorded - len(self.order)} recorded ones dropped: nothing needs them), "
-                 f"{len(self.bound)} arrays read per call, {len(self.buffers)} reused buffers "
-                 f"({sum(b.nbytes for b in self.buffers) / 1e6:.2f} MB)"]
+                 f"{len(self.bound)} arrays read per call, {len(self.buffers)} arrays in "
+                 f"{len(self.blocks)} reused buffers "
+                 f"({sum(b.nbytes for b in self.blocks) / 1e6:.2f} MB)"]
         for v in self.bound:
             lines.append(f"  {self._name(v):>6} <- {self.describe(v.where):<34} "
                          f"{_shape(v)}")
