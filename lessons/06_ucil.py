@@ -55,13 +55,16 @@ lesson_start = time.perf_counter()
 # ## 1. The data and the protocol
 #
 # `ucil.load_data(cfg)` returns flattened images (28x28, or 14x14 for `small`) in $[0, 1]$ with
-# **ink = 1** (white background = 0): Omniglot's "background" characters (the `small1` + `small2` sets: 242
-# characters from 20 drawers each, 105x105 strokes averaged down to 28x28) split by character into
-# meta-training and held-out validation characters, and the 10,000 MNIST test digits, which
-# `small` splits into two fixed halves (`lr_source` "mnist-val"): `data.mnist_val` (5,000) only
-# chooses deployment learning rates, `data.mnist` (the other 5,000) is what every model is deployed
-# and scored on. The data is found offline (in `../shared/data` or tinydan's cache) or downloaded
-# once.
+# **ink = 1** (white background = 0): Omniglot's "background" characters (105x105 strokes averaged
+# down to 28x28) split by character into meta-training and held-out validation characters, and
+# MNIST test digits, which `small` splits into two fixed halves (`lr_source` "mnist-val"):
+# `data.mnist_val` only chooses deployment learning rates, `data.mnist` is what every model is
+# deployed and scored on.
+#
+# The experiment (`python -m tinydan.ucil`) uses the full sets (242 Omniglot characters of 20
+# drawings, the 10,000 MNIST test digits), downloaded once. This lesson uses the small sample of
+# the same data that ships inside tinydan (`data="sample"`: 48 characters, 500 digits), so it runs
+# offline and in seconds; with fewer characters it holds out 12 for validation instead of 40.
 #
 # The protocol, for one **task sequence**:
 #
@@ -77,7 +80,7 @@ lesson_start = time.perf_counter()
 # in order, phi fixed.
 
 # %%
-cfg = ucil.ucil_config("small")
+cfg = ucil.ucil_config("small", data="sample", val_classes=12)
 t = time.perf_counter()
 data = ucil.load_data(cfg)
 print(f"loaded in {time.perf_counter() - t:.1f} s")
