@@ -46,15 +46,17 @@ def data():
     """Omniglot + MNIST, or a skip that says why."""
     from tinydan.datasets import DatasetError
     try:
-        return ucil.load_data(ucil.ucil_config("tiny", data="full"), mnist=True)
+        return ucil.load_data(ucil.ucil_config("tiny"), mnist=True)
     except (DatasetError, OSError) as e:
-        pytest.skip(f"Omniglot/MNIST not found in the cache or ../shared/data and not downloadable: {e}")
+        pytest.skip(f"Omniglot/MNIST not found in the cache or an offline copy, and not "
+                    f"downloadable: {e}")
 
 
 # ------------------------------------------------------------------------------------------ shapes
 def test_paper_config_shapes_and_counts():
-    """SPEC section 4: VEC shapes with n_out * C columns, skips A (0->2) and B (1->4), ~38.6M
-    synapses per model (counted from the shapes, never allocated), and the DAN's phi."""
+    """docs/model-and-protocol.md#ucil-model: VEC shapes with n_out * C columns, skips A (0->2)
+    and B (1->4), ~38.6M synapses per model (counted from the shapes, never allocated), and the
+    DAN's phi."""
     cfg = ucil.ucil_config("paper")
     net = ucil.build_ucil_net(cfg)
     C = 100
@@ -287,7 +289,7 @@ def test_class_sequences_protocol():
 
 
 def test_thick_strokes_sequences(data):
-    thick = ucil.thicken_strokes(14)
+    thick = ucil.thicken_strokes(14, sample=True)         # the tiny config's data
     assert thick.shape == data.omniglot.shape and thick.dtype == np.float32
     assert 0 <= thick.min() and thick.max() <= 1 and thick.mean() > 1.5 * data.omniglot.mean()
     assert np.all(thick >= data.omniglot - 1e-6)            # thickening only adds ink
@@ -300,7 +302,7 @@ def test_thick_strokes_sequences(data):
     cfg0 = ucil.ucil_config("tiny")
     plain = ucil.sample_sequences(data.omniglot, data.omniglot_labels, pool, 4, cfg0.n_classes,
                                   cfg0.shots, np.random.default_rng(5))
-    assert np.array_equal(draw(0.0), plain)                  # p = 0: the SPEC's preprocessing
+    assert np.array_equal(draw(0.0), plain)                  # p = 0: the paper's preprocessing
     all_thick = draw(1.0)
     mixed = draw(0.5)
     assert all_thick.shape == plain.shape and np.all(all_thick >= plain - 1e-6)

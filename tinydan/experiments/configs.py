@@ -333,7 +333,7 @@ UCIL_CONFIGS = {
                        n_classes=3, shots=2, inner_steps=2, deploy_steps=2, meta_batch=4,
                        inner_lr=0.01, meta_lr=1e-3, meta_epochs=2, val_classes=6,
                        val_sequences=2, val_every=1, eval_draws=3, deploy_group=3,
-                       ae_hidden=(8, 4, 8), ae_lrs=(0.1, 1.0)),
+                       ae_hidden=(8, 4, 8), ae_lrs=(0.1, 1.0), data="sample"),
 }
 
 
