@@ -257,6 +257,12 @@ def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False,
     for i, x in enumerate(ins):
         gx = grads.get(x)
         if gx is None and not allow_unused:
+            bare = [j for j, o in enumerate(outs) if not o.requires_grad]
+            if len(bare) == len(outs):      # no output has a graph to walk back
+                raise RuntimeError(
+                    f"outputs[{bare[0]}] (shape {outs[bare[0]].shape}) has no graph: it was computed "
+                    "with gradient recording off (under no_grad()), or from no Tensor with "
+                    "requires_grad=True; compute it outside no_grad() to differentiate it")
             raise RuntimeError(f"inputs[{i}] (shape {x.shape}) was not used to compute the outputs; "
                                "pass allow_unused=True to get None for it")
         if gx is not None and not create_graph and gx.requires_grad:

@@ -16,8 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["progress", "positive_int", "positive_float", "seed_int", "make_parser",
-           "add_run_options", "RunFolder", "run_cli", "UsageError"]
+from ..checkpoint import CheckpointError
+
+__all__ = ["progress", "positive_int", "positive_float", "seed_int", "nonnegative_int",
+           "ci_count", "make_parser", "add_run_options", "RunFolder", "run_cli", "UsageError",
+           "one_line", "load_refused_in_one_line"]
 
 # the words the --help texts use, explained once (the epilog of both top-level parsers)
 GLOSSARY = """words used above:
@@ -58,6 +61,26 @@ def positive_int(s):
     return v
 
 
+def nonnegative_int(s):
+    """argparse type: a whole number >= 0 (a count of worker processes; 0 runs inline)."""
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more (0: no worker processes), got {v}")
+    return v
+
+
+def ci_count(s):
+    """argparse type: a number of held-out functions or draws, >= 2 (a 95% confidence interval
+    needs at least two)."""
+    v = positive_int(s)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"confidence intervals need at least 2, got {v}")
+    return v
+
+
 def seed_int(s):
     """argparse type: a seed, a whole number >= 0 (NumPy's generators take no negative seeds)."""
     try:
@@ -80,8 +103,16 @@ def positive_float(s):
     return v
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown for every option; the epilog keeps its line breaks."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Every option that takes a value shows its default (its help text says it in words, or
+    "(default: VALUE)" is added); flags do not; the epilog keeps its line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.option_strings and action.nargs != 0 and "default" not in text
+                and action.default is not None and action.default is not argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -103,7 +134,8 @@ def add_run_options(sp, configs, default_config: str | None, training: bool = Tr
                     help="output folder (default: runs/<experiment>-<date>-<time>)")
     if seed:
         sp.add_argument("--seed", type=seed_int, default=0,
-                        help="seed of the run: phi_0, theta_0 and the meta-training draws")
+                        help="seed of the run (a whole number >= 0): phi_0, theta_0 and the "
+                             "meta-training draws")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
     sp.add_argument("--overwrite", action="store_true",
                     help="replace the run that OUT holds (without it, a folder holding a run is "
@@ -140,7 +172,9 @@ class RunFolder:
     Refuses (``UsageError``) a path that is a file or lies below one, a folder it cannot write,
     a folder holding another run (its checkpoint, phenotype or results) unless ``resume`` or
     ``overwrite``, and a folder another run holds right now (an advisory lock, ``OUT/.lock``).
-    Temporary files of a killed earlier run (``*.tmp-PID``) are removed on entry.
+    Temporary files of a killed earlier run (``*.tmp-PID``) are removed on entry. The lock belongs
+    to the run's own process: forked workers drop their copy, so a killed run frees the folder at
+    once, even while its workers wind down.
     """
 
     def __init__(self, path: Path, resume: bool = False, overwrite: bool = False):
@@ -169,7 +203,11 @@ class RunFolder:
 
     def __enter__(self) -> "RunFolder":
         self.check()
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--out {self.path}: cannot create the folder ({e.strerror}); choose "
+                             "another --out") from None
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no lock
@@ -183,6 +221,7 @@ class RunFolder:
                 self._fd = None
                 raise UsageError(f"--out {self.path} is in use by another run right now; wait for "
                                  "it to finish or choose another --out") from None
+        _HELD.add(self._fd)
         os.ftruncate(self._fd, 0)
         os.write(self._fd, str(os.getpid()).encode())
         for tmp in self.path.rglob("*.tmp-*"):            # left by a killed run
@@ -193,8 +232,27 @@ class RunFolder:
 
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
+            _HELD.discard(self._fd)
             os.close(self._fd)                              # releases the lock
             self._fd = None
+
+
+# The lock descriptors this process holds. A forked worker closes its copies at once, so the lock
+# is released when the run's own process ends, even while a worker of a killed run still winds down.
+_HELD: set = set()
+
+
+def _close_held_locks() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks)
 
 
 def _alive(pid: int) -> bool:
@@ -205,6 +263,28 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # pragma: no cover - someone else's process
         return True
     return True
+
+
+def load_refused_in_one_line(load, path, *args):
+    """``load(path, *args)`` (a phenotype loader) with a config that does not build a network (a
+    ValueError or TypeError of the network's constructor) refused as one CheckpointError line."""
+    try:
+        return load(path, *args)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: its config does not build a network ({e}); was the file "
+                              "edited, or written by another version of tinydan?") from None
+
+
+def one_line(message) -> str:
+    """A (possibly multi-line) error message as one line: its lines joined by "; "."""
+    lines = [ln.strip().lstrip("-").strip() for ln in str(message).splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines:
+        return type(message).__name__ if isinstance(message, BaseException) else ""
+    head, rest = lines[0], lines[1:]
+    return head + (" " if head.endswith(":") else "; ") + "; ".join(rest) if rest else head
 
 
 def run_cli(parser: argparse.ArgumentParser, argv, handler, errors=()) -> int:
@@ -219,7 +299,7 @@ def run_cli(parser: argparse.ArgumentParser, argv, handler, errors=()) -> int:
     try:
         return int(handler(a) or 0)
     except UsageError as e:
-        parser.exit(2, f"{parser.prog}: error: {e}\n")
+        parser.exit(2, f"{parser.prog}: error: {one_line(e)}\n")
     except tuple(errors) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2

@@ -17,8 +17,8 @@ from ..checkpoint import CheckpointError
 from ..continual import format_ci
 from ..parallel import set_blas_threads
 from .ablation_studies import ablate_main, add_ablate_arguments, add_report_arguments, report_main
-from .cli import (RunFolder, UsageError, add_run_options, add_subcommand, make_parser, overrides,
-                  positive_int, run_cli)
+from .cli import (RunFolder, UsageError, add_run_options, add_subcommand, ci_count,
+                  load_refused_in_one_line, make_parser, overrides, positive_int, run_cli)
 from .common import command_line
 from .configs import REGRESSION_CONFIGS, regression_config
 from .regression import SHIPPED_PHENOTYPE, compare, load_phenotype, meta_train, save_phenotype
@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("meta-train", "meta-train only; writes OUT/checkpoint.npz")):
         sp = add_subcommand(sub, name, help)
         if name == "run":
-            sp.add_argument("--eval-functions", type=positive_int, default=None,
-                            help="number of held-out functions (default: the config's, 50)")
+            sp.add_argument("--eval-functions", type=ci_count, default=None,
+                            help="number of held-out functions, at least 2 (default: the "
+                                 "config's, 50)")
         adv = add_run_options(sp, REGRESSION_CONFIGS, "default")
         adv.add_argument("--output", choices=["scaled_tanh", "linear"], default=None,
                          help="output option (default: the config's)")
@@ -50,8 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     dp = add_subcommand(sub, "deploy", "deploy a phenotype on held-out functions and compare")
     dp.add_argument("--checkpoint", type=Path, default=SHIPPED_PHENOTYPE,
                     help="checkpoint or phenotype file to deploy (default: the shipped phenotype)")
-    dp.add_argument("--eval-functions", type=positive_int, default=None,
-                    help="number of held-out functions (default: the config's, 50)")
+    dp.add_argument("--eval-functions", type=ci_count, default=None,
+                    help="number of held-out functions, at least 2 (default: the phenotype's "
+                         "config's, 50)")
     add_run_options(dp, REGRESSION_CONFIGS, None, training=False)
     add_ablate_arguments(add_subcommand(
         sub, "ablate", "ablation studies (Figure 4) and continual-learning baselines; resumable"))
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
             if not path.exists():
                 parser.error(f"checkpoint {path} does not exist; meta-train one with "
                              "`python -m tinydan.regression meta-train --out DIR`")
-            ph = load_phenotype(path)
+            ph = load_refused_in_one_line(load_phenotype, path)
             n = a.eval_functions or ph.cfg.eval_functions
             if n < 2:
                 raise UsageError(f"--eval-functions {n}: confidence intervals need at least 2")

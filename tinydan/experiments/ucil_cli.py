@@ -20,8 +20,8 @@ from ..continual import format_ci, to_jsonable
 from ..datasets import DatasetError
 from ..meta import META_GRADS
 from ..parallel import set_blas_threads, tune_allocator
-from .cli import (RunFolder, add_run_options, add_subcommand, make_parser, overrides,
-                  positive_float, positive_int, run_cli)
+from .cli import (RunFolder, add_run_options, add_subcommand, load_refused_in_one_line,
+                  make_parser, overrides, positive_float, positive_int, run_cli)
 from .common import Phenotype, command_line
 from .configs import LR_SOURCES, UCIL_CONFIGS, UCILConfig, ucil_config
 from .ucil import DEPLOY_DRAWS, SHIPPED_PHENOTYPE, load_phenotype, save_phenotype
@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "file's own config)")
     _deploy_options(dp.add_argument_group("selection, advanced"), training=False)
     bp = add_subcommand(sub, "bench", "time one meta-step of the paper config and its peak memory")
-    bp.add_argument("--meta-grad", choices=list(META_GRADS), default="first_order")
-    bp.add_argument("--repeat", type=positive_int, default=3)
+    bp.add_argument("--meta-grad", choices=list(META_GRADS), default="first_order",
+                    help="meta-gradient mode timed")
+    bp.add_argument("--repeat", type=positive_int, default=3, help="meta-steps timed")
     bp.add_argument("--threads", type=positive_int, default=None,
                     help="threads for the DAN layers' chunks (default: cores, at most 2)")
     bp.add_argument("--blas-threads", type=positive_int, default=1, help="OpenBLAS threads")
@@ -145,7 +146,7 @@ def _deploy(a, parser, out: Path, typed) -> int:
         parser.error(f"checkpoint {path} does not exist; meta-train one with "
                      "`python -m tinydan.ucil meta-train --out DIR`")
     cfg = None if a.config is None else ucil_config(a.config)
-    ph = load_phenotype(path, cfg)
+    ph = load_refused_in_one_line(load_phenotype, path, cfg)
     ph.meta["path"] = str(path)
     if a.tune_deploy_lr is not None and a.tune_deploy_lr != ph.cfg.tune_deploy_lr:
         ph.cfg = ph.cfg.replace(tune_deploy_lr=a.tune_deploy_lr)
