@@ -167,7 +167,9 @@ def _assert_same_run(straight: Path, resumed: Path, what: str) -> None:
     volatile = {"meta_train_seconds", "command", "created", "wall_seconds_meta_training"}
     for name in ("checkpoint.npz", "phenotype.npz"):
         (a, ma), (b, mb) = _npz(straight / name), _npz(resumed / name)
-        assert sorted(a) == sorted(b), f"{what} {name}: other arrays"
+        snaps = [sorted({k.split(".")[1] for k in x if k.startswith("snap.")}) for x in (a, b)]
+        assert sorted(a) == sorted(b), (f"{what} {name}: other arrays (snapshots of meta-epochs "
+                                        f"{snaps[0]} straight, {snaps[1]} resumed)")
         for k in a:
             assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), f"{what} {name}: {k}"
         for k in sorted((set(ma) | set(mb)) - volatile):
