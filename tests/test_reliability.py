@@ -240,11 +240,6 @@ class _Killed(BaseException):
     """Stands for SIGKILL in-process: nothing after it runs (no except Exception catches it)."""
 
 
-@pytest.mark.xfail(strict=True, reason="tinydan/experiments/common.py meta_train_loop, on resume: "
-                   "`if best['phi']: snapshots.setdefault(best['epoch'], best['phi'])` adds phi_0 "
-                   "as a snapshot of meta-epoch 0 when the run was killed before its first "
-                   "validation finished (the checkpoint holds best_epoch 0, best_val inf, phi_0 as "
-                   "best.phi); the straight run has no such snapshot")
 def test_a_run_killed_before_its_first_validation_finished_resumes_bit_for_bit(tmp_path,
                                                                                 monkeypatch):
     """The kill right after the first checkpoint write, its validation still running in the

@@ -106,7 +106,7 @@ def deploy_step(net: DANNetwork, theta: dict, x, y, lr: float,
                 in_place: bool = False) -> tuple[dict, float]:
     """One deployment SGD step on the synapses with phi fixed; returns (theta', loss per member)."""
     new, loss = inner_step(net, theta, x, y, lr, create_graph=False, in_place=in_place)
-    return new, float(loss.data) / x.shape[0]
+    return new, _number(loss) / x.shape[0]
 
 
 def sgd_step_(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, float]:
@@ -153,6 +153,12 @@ def _sgd_kernel(net: DANNetwork, theta: dict, x, y, lr: float) -> tuple[dict, Te
     return th, loss
 
 
+def _number(t: Tensor) -> np.float64:
+    """A scalar loss as a float64 NumPy number (not float(): a compiled step may not read values
+    into Python; the same value bit for bit)."""
+    return t.data.astype(np.float64)[()]
+
+
 def _t(a) -> Tensor:
     return a if isinstance(a, Tensor) else wrap(a)
 
@@ -182,7 +188,7 @@ def meta_step(net: DANNetwork, theta: dict, x_task, y_task, x_meta, y_meta, inne
     gphi = grad(meta_loss, phi, allow_unused=True)
     if one_step:
         theta1 = {k: Tensor(v.data, requires_grad=True) for k, v in theta1.items()}
-    return theta1, gphi, float(loss.data) / x_task.shape[0], float(meta_loss.data)
+    return theta1, gphi, _number(loss) / x_task.shape[0], _number(meta_loss)
     # END SOLUTION
 
 
@@ -194,7 +200,7 @@ def meta_gradient(net: DANNetwork, theta1: dict, x_meta, y_meta, phi: list | Non
     phi = net.parameters() if phi is None else phi
     const = {k: wrap(v.data if isinstance(v, Tensor) else v) for k, v in theta1.items()}
     meta_loss = ops.mse_loss(net(_t(x_meta), const), _t(y_meta))
-    return grad(meta_loss, phi, allow_unused=True), float(meta_loss.data)
+    return grad(meta_loss, phi, allow_unused=True), _number(meta_loss)
 
 
 class SynapseAdam:
@@ -274,6 +280,9 @@ class MetaTrainer:
     processes: int = 1
     # phi's learning rate in meta-epoch e (from 0) is meta_lr * meta_lr_decay ** e
     meta_lr_decay: float = 1.0
+    # record the plain step (meta_step + the phi update) once and replay it (``tinydan.compile``):
+    # the same numbers, faster; not for the in-place or split steps, whose kernels it cannot trace
+    compile: bool = True
 
     def __post_init__(self):
         if self.meta_grad not in META_GRADS:
@@ -300,6 +309,7 @@ class MetaTrainer:
                              f"meta_updates 1); got inner_optimizer {self.inner_optimizer!r}, "
                              f"meta_updates {self.meta_updates}: use processes=1")
         self._split = None
+        self._step = None
 
     def run_epoch(self, progress=None) -> dict:
         """One meta-epoch: reset theta to theta_0, a new task sequence per member, then for every
@@ -319,10 +329,14 @@ class MetaTrainer:
                 theta, lt, lm = self._general_step(seq, theta, x, y, adam)
             else:
                 xm, ym = seq.meta_batch(self.rng)
-                step = meta_step if split is None else split.meta_step
-                theta, gphi, lt, lm = step(self.net, theta, x, y, xm, ym, self.inner_lr,
-                                           self.meta_grad, self.phi, in_place=self.in_place)
-                self.optimizer.step(gphi)
+                if split is None and not self.in_place and self.compile:
+                    theta, lt, lm = self._compiled_step()(theta, x, y, xm, ym, self.inner_lr,
+                                                          self.meta_grad)
+                else:
+                    step = meta_step if split is None else split.meta_step
+                    theta, gphi, lt, lm = step(self.net, theta, x, y, xm, ym, self.inner_lr,
+                                               self.meta_grad, self.phi, in_place=self.in_place)
+                    self.optimizer.step(gphi)
             task_losses.append(lt)
             meta_losses.append(lm)
             if progress is not None:
@@ -337,6 +351,19 @@ class MetaTrainer:
                                      f"{self.epoch}; lower the learning rates (inner {self.inner_lr}, "
                                      f"meta {self.meta_lr})")
         return out
+
+    def _compiled_step(self):
+        """meta_step followed by the phi update, compiled (one tape per batch shape)."""
+        if self._step is None:
+            from .compiler import compile
+            net, phi, optimizer = self.net, self.phi, self.optimizer
+
+            def step(theta, x, y, xm, ym, inner_lr, meta_grad):
+                theta1, gphi, lt, lm = meta_step(net, theta, x, y, xm, ym, inner_lr, meta_grad, phi)
+                optimizer.step(gphi)
+                return theta1, lt, lm
+            self._step = compile(step)
+        return self._step
 
     def _general_step(self, seq, theta, x, y, adam):
         """Inner step (SGD or Adam) and ``meta_updates`` phi updates; returns (theta', L_task, L_meta)."""

@@ -249,8 +249,8 @@ def meta_train_loop(trainer, *, cfg, seed: int, out_dir: Path, kind: str, comman
         best = {"val": meta.get("best_val", float("inf")), "epoch": meta.get("best_epoch", 0),
                 "phi": {k[9:]: v for k, v in arrays.items() if k.startswith("best.phi.")}}
         snapshots.update(snapshots_from(arrays))
-        if best["phi"]:
-            snapshots.setdefault(best["epoch"], best["phi"])
+        if best["phi"] and any(int(e) == int(best["epoch"]) for e, _ in val_hist):
+            snapshots.setdefault(best["epoch"], best["phi"])    # a validated phi only
         lost = sorted({int(e) for e, _ in val_hist} - set(snapshots) - {0})
         if lost:
             log(f"note: {ckpt} keeps no phi of meta-epoch(s) {lost} (made before tinydan kept "

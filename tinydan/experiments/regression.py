@@ -19,6 +19,7 @@ import numpy as np
 
 from ..autograd import grad, no_grad
 from ..checkpoint import CheckpointError
+from ..compiler import compile
 from ..continual import choose_on_validation, results_table, summarize
 from ..meta import MetaTrainer, SynapseAdam, deploy_step, task_loss
 from ..nn.layers import PlainMLP
@@ -52,12 +53,14 @@ def _replicate(theta0: dict, n: int) -> dict:
 
 
 def deploy(net, theta0: dict, functions: SineFunctions, cfg: RegressionConfig, lr: float | None = None,
-           seed: int = 0, record: bool = False, optimizer: str | None = None) -> dict:
+           seed: int = 0, record: bool = False, optimizer: str | None = None,
+           compiled: bool = True) -> dict:
     """Learn every function window by window with SGD on the synapses (phi fixed).
 
     Returns R (F, T, T) with R[f, i, j] = MSE on window j of function f after window i, and with
     ``record`` the predictions (F, T, T*200) on the evaluation grid after each window.
     ``optimizer`` (default ``cfg.inner_optimizer``): "sgd", or "adam" (config ``authors``).
+    ``compiled``: the SGD step is recorded once and replayed (``tinydan.compile``; the same numbers).
     """
     lr = cfg.inner_lr if lr is None else lr
     adam = SynapseAdam(lr) if (optimizer or cfg.inner_optimizer) == "adam" else None
@@ -71,6 +74,8 @@ def deploy(net, theta0: dict, functions: SineFunctions, cfg: RegressionConfig, l
 
     def step(theta, x, y):
         return (adam.deploy_step(net, theta, x, y) if adam else deploy_step(net, theta, x, y, lr))[0]
+    if adam is None and compiled:                # recorded once, replayed (the same numbers)
+        step = compile(step)
 
     def evaluate(theta):
         with no_grad():
