@@ -7,7 +7,8 @@ experiments in ``tinydan.experiments`` (``python -m tinydan.regression``, ``pyth
 """
 from __future__ import annotations
 
-from . import nn, ops, optim, testing
+from . import nn, ops, optim, testing, viz
+from .compiler import compile
 from .autograd import backward, enable_grad, grad, is_grad_enabled, no_grad, set_grad_enabled
 from .ops import (abs, add, broadcast_to, concatenate, conv2d, div, exp, getitem, im2col,
                   leaky_relu, linear, log, log_softmax, matmul, max, max_pool2d, maximum, mean, min,
@@ -20,7 +21,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "Tensor", "tensor", "Op", "apply", "grad", "backward", "no_grad", "enable_grad",
-    "is_grad_enabled", "set_grad_enabled", "ops", "nn", "optim", "testing",
+    "is_grad_enabled", "set_grad_enabled", "ops", "nn", "optim", "testing", "viz", "compile",
     "abs", "add", "broadcast_to", "col2im", "concatenate", "conv2d", "div", "exp", "getitem",
     "im2col", "leaky_relu", "linear", "log", "log_softmax", "matmul", "max", "max_pool2d", "maximum", "mean",
     "min", "minimum", "mse_loss", "mul", "neg", "pad", "permute", "pow", "relu", "reshape",
