@@ -159,3 +159,28 @@ def test_shipped_phenotype_loads_and_beats_random_dans():
     rand = build_regression_net(ph.cfg, np.random.default_rng(99))
     r2 = deploy(rand, ph.theta0, f, ph.cfg)["R"][:, -1].mean()
     assert r0 < 0.5 * r2
+
+
+def test_compiled_and_eager_meta_training_and_deployment_are_the_same(tmp_path):
+    """--no-compile runs the steps eagerly: the same run, array for array (compile replays the
+    very kernels the eager step runs)."""
+    import numpy as np
+    from tinydan.checkpoint import load_checkpoint
+    from tinydan.compiler import is_enabled, set_enabled
+    arrays = {}
+    for flag in (True, False):
+        prev = set_enabled(flag)
+        try:
+            out = tmp_path / str(flag)
+            ph = meta_train(regression_config("tiny", meta_epochs=2), 0, out, quiet=True,
+                            workers=0, log=lambda *a: None)
+            from tinydan.tasks import EVAL_SEED, sample_functions
+            f = sample_functions(ph.cfg, np.random.default_rng(EVAL_SEED), 3, "test")
+            arrays[flag] = (load_checkpoint(out / "checkpoint.npz")[0],
+                            deploy(ph.net, ph.theta0, f, ph.cfg)["R"])
+        finally:
+            set_enabled(prev)
+    assert is_enabled()
+    (a, ra), (b, rb) = arrays[True], arrays[False]
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert np.array_equal(ra, rb)

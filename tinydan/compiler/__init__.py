@@ -36,6 +36,7 @@ at the first difference. Lesson 07 shows a tape and what it does.
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections import OrderedDict
 
@@ -51,7 +52,26 @@ from .traced import CompileError, TracedArray
 from .values import Var
 from .verify import checked_call, verify_recording
 
-__all__ = ["compile", "Compiled", "CompileError", "declare_state", "callback", "Tape"]
+__all__ = ["compile", "Compiled", "CompileError", "declare_state", "callback", "Tape",
+           "set_enabled", "is_enabled"]
+
+# every compiled function replays its tapes unless switched off (``--no-compile`` of the command
+# lines, or TINYDAN_COMPILE=0 in the environment): then it simply calls fn
+_ENABLED = [os.environ.get("TINYDAN_COMPILE", "1") != "0"]
+
+
+def set_enabled(flag: bool) -> bool:
+    """Switch every compiled function on (replay) or off (plain calls of fn); returns the previous
+    setting. Worker processes started afterwards inherit it."""
+    prev = _ENABLED[0]
+    _ENABLED[0] = bool(flag)
+    os.environ["TINYDAN_COMPILE"] = "1" if flag else "0"
+    return prev
+
+
+def is_enabled() -> bool:
+    """Whether compiled functions replay their tapes."""
+    return _ENABLED[0]
 
 def compile(fn=None, *, check: bool = False, cache_size: int = 8):  # noqa: A001 - torch's name
     """Record ``fn`` once per signature and replay it as NumPy calls (see the module docstring).
@@ -105,8 +125,8 @@ class Compiled:
         self._lock = threading.Lock()         # a tape's buffers serve one replay at a time
 
     def __call__(self, *args, **kwargs):
-        if _traced._active is not None:       # inside another recording: part of its tape
-            return self.fn(*args, **kwargs)
+        if _traced._active is not None or not _ENABLED[0]:   # inside another recording (part
+            return self.fn(*args, **kwargs)                  # of its tape), or switched off
         leaves: list = []
         key: list = [_tensor._grad_enabled]
         objects: list = []

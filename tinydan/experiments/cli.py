@@ -148,6 +148,9 @@ def add_run_options(sp, configs, default_config: str | None, training: bool = Tr
         sp.add_argument("--resume", action="store_true",
                         help="continue the run in OUT from its checkpoint.npz (needs --out)")
     adv = sp.add_argument_group("advanced")
+    adv.add_argument("--no-compile", action="store_true",
+                     help="run every step eagerly instead of replaying its recorded tape "
+                          "(tinydan.compile; the same numbers, slower)")
     if training:
         adv.add_argument("--meta-grad", choices=["first_order", "one_step"], default=None,
                          help="meta-gradient mode (default: the config's)")
@@ -294,6 +297,9 @@ def run_cli(parser: argparse.ArgumentParser, argv, handler, errors=()) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run"] + argv
     a = parser.parse_args(argv)
+    if getattr(a, "no_compile", False):
+        from ..compiler import set_enabled
+        set_enabled(False)
     if getattr(a, "resume", False) and getattr(a, "out", "") is None:
         parser.error("--resume needs --out pointing at the run folder to continue")
     try:
