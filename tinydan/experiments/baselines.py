@@ -2,7 +2,8 @@
 
 All of them learn the same held-out functions, window by window, from the same points as
 ``tinydan.regression.deploy`` (the same ``SineSequence`` draws), with many functions at once along
-the population axis of the synapses, and return the loss matrix R (F, T, T) of SPEC section 5.
+the population axis of the synapses, and return the loss matrix R (F, T, T) of
+docs/model-and-protocol.md#evaluation.
 
 * **naive**: plain SGD on a ``PlainMLP``, one window after the other (catastrophic forgetting).
 * **EWC** (Kirkpatrick et al. 2017): after window i the diagonal Fisher F_i of the synapses at
@@ -33,7 +34,7 @@ import numpy as np
 from .. import ops
 from ..autograd import grad, no_grad
 from ..meta import task_loss
-from ..nn.module import Module, Parameter
+from ..nn.module import Parameter
 from ..nn.layers import PlainMLP
 from ..tasks import SineSequence
 from ..tensor import Tensor, wrap
@@ -201,7 +202,7 @@ def warp_width(n_params: int, n_warp_layers: int = 2) -> int:
     return max(1, round((-1 + math.sqrt(1 + 4 * n_params / n_warp_layers)) / 2))
 
 
-class WarpNet(Module):
+class WarpNet(PlainMLP):
     """A plain MLP of synapses interleaved with meta-learned dense warp layers (WarpGrad):
 
         x -> [W_0, b_0] -> tanh -> warp_1 -> [W_1, b_1] -> tanh -> warp_2 -> ... -> [W_L, b_L]
@@ -215,36 +216,14 @@ class WarpNet(Module):
     """
 
     def __init__(self, sizes=(1, 19, 19, 1), dtype=np.float32):
-        super().__init__()
-        self.sizes = tuple(int(s) for s in sizes)
+        super().__init__(sizes)                        # the synapses' shapes and initialisation
         if len(self.sizes) < 3:
             raise ValueError(f"a warp network needs at least one hidden layer, got sizes {sizes}")
-        self._plain = PlainMLP(self.sizes)             # the synapses' shapes and initialisation
         for l, h in enumerate(self.sizes[1:-1], start=1):
             setattr(self, f"warp{l}_w", Parameter(np.eye(h, dtype=dtype)))
             setattr(self, f"warp{l}_b", Parameter(np.zeros(h, dtype=dtype)))
 
-    def synapse_shapes(self) -> dict:
-        """As PlainMLP: w_l (n_l, n_{l+1}) and b_l (1, n_{l+1})."""
-        return self._plain.synapse_shapes()
-
-    def init_synapses(self, population: int, rng: np.random.Generator, dtype=np.float32,
-                      same: bool = True) -> dict:
-        """Glorot-uniform weights, zero biases (as PlainMLP)."""
-        return self._plain.init_synapses(population, rng, dtype, same)
-
-    def num_synapses(self) -> int:
-        """Synapse parameters of one member."""
-        return self._plain.num_synapses()
-
-    def forward(self, x, synapses: dict) -> Tensor:
-        """x (P, B, n_in) -> (P, B, n_out)."""
-        h = x if isinstance(x, Tensor) else Tensor(x, dtype=synapses["w0"].dtype)
-        L = len(self.sizes) - 1
-        for l in range(L):
-            h = ops.linear(h, synapses[f"w{l}"], synapses[f"b{l}"])
-            if l < L - 1:
-                h = ops.tanh(h)
-                h = ops.linear(h, getattr(self, f"warp{l + 1}_w"), getattr(self, f"warp{l + 1}_b"))
-        return h
+    def after_hidden(self, l: int, h: Tensor) -> Tensor:
+        """The warp layer after hidden layer l + 1: h A + c."""
+        return ops.linear(h, getattr(self, f"warp{l + 1}_w"), getattr(self, f"warp{l + 1}_b"))
 

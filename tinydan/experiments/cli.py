@@ -126,6 +126,13 @@ def add_subcommand(sub, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
 
 
+def training_subcommands(sub):
+    """(name, parser) of the ``run`` and ``meta-train`` subcommands, for the experiment's options."""
+    for name, help in (("run", "meta-train, then deploy and compare (the default)"),
+                       ("meta-train", "meta-train only; writes OUT/checkpoint.npz")):
+        yield name, add_subcommand(sub, name, help)
+
+
 def add_run_options(sp, configs, default_config: str | None, training: bool = True,
                     seed: bool = True):
     """--out, --seed, --quiet (and for training: --config, --epochs, --meta-grad, the rates,

@@ -17,7 +17,7 @@ from ..checkpoint import CheckpointError
 from ..continual import format_ci
 from ..parallel import set_blas_threads
 from .ablation_studies import ablate_main, add_ablate_arguments, add_report_arguments, report_main
-from .cli import (RunFolder, UsageError, add_run_options, add_subcommand, ci_count,
+from .cli import (training_subcommands, RunFolder, UsageError, add_run_options, add_subcommand, ci_count,
                   load_refused_in_one_line, make_parser, overrides, positive_int, run_cli)
 from .common import command_line
 from .configs import REGRESSION_CONFIGS, regression_config
@@ -34,9 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "held-out functions, compare with random DANs and plain MLPs, write "
                     "results.json and figures.")
     sub = p.add_subparsers(dest="command", metavar="{run,meta-train,deploy,ablate,report}")
-    for name, help in (("run", "meta-train, then deploy and compare (the default)"),
-                       ("meta-train", "meta-train only; writes OUT/checkpoint.npz")):
-        sp = add_subcommand(sub, name, help)
+    for name, sp in training_subcommands(sub):
         if name == "run":
             sp.add_argument("--eval-functions", type=ci_count, default=None,
                             help="number of held-out functions, at least 2 (default: the "

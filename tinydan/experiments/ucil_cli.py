@@ -20,7 +20,7 @@ from ..continual import format_ci, to_jsonable
 from ..datasets import DatasetError
 from ..meta import META_GRADS
 from ..parallel import set_blas_threads, tune_allocator
-from .cli import (RunFolder, add_run_options, add_subcommand, load_refused_in_one_line,
+from .cli import (training_subcommands, RunFolder, add_run_options, add_subcommand, load_refused_in_one_line,
                   make_parser, overrides, positive_float, positive_int, run_cli)
 from .common import Phenotype, command_line
 from .configs import LR_SOURCES, UCIL_CONFIGS, UCILConfig, ucil_config
@@ -58,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "a plain autoencoder, write results.json and figures.")
     sub = p.add_subparsers(dest="command", metavar="{run,meta-train,deploy,bench}")
     small = UCIL_CONFIGS["small"]
-    for name, help in (("run", "meta-train, then deploy and compare (the default)"),
-                       ("meta-train", "meta-train only; writes OUT/checkpoint.npz")):
-        sp = add_subcommand(sub, name, help)
+    for name, sp in training_subcommands(sub):
         if name == "run":
             sp.add_argument("--draws", type=positive_int, default=None,
                             help="MNIST draws of the 5 images per digit (default: the config's, "

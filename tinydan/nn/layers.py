@@ -127,5 +127,9 @@ class PlainMLP(Module):
         for l in range(L):
             h = ops.linear(h, synapses[f"w{l}"], synapses[f"b{l}"])
             if l < L - 1:
-                h = ops.tanh(h)
+                h = self.after_hidden(l, ops.tanh(h))
+        return h
+
+    def after_hidden(self, l: int, h: Tensor) -> Tensor:
+        """What follows hidden layer l + 1's tanh (nothing here; a subclass's warp layer)."""
         return h
