@@ -1,4 +1,5 @@
-"""Atomic .npz checkpoints (SPEC section 7): round trip, atomic writes, clear refusals."""
+"""Atomic .npz checkpoints (docs/model-and-protocol.md#files): round trip, atomic writes,
+clear refusals."""
 
 import json
 import zipfile

@@ -1,4 +1,5 @@
-"""The evaluation protocol (SPEC section 5): hand-computed R matrices, Student-t CIs, summaries, tables."""
+"""The evaluation protocol (docs/model-and-protocol.md#evaluation): hand-computed R matrices,
+Student-t CIs, summaries, tables."""
 
 import json
 import math

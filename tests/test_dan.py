@@ -1,4 +1,5 @@
-"""VEC layers, DANs, sharing schemes and the regression network of SPEC section 3."""
+"""VEC layers, DANs, sharing schemes and the regression network of
+docs/model-and-protocol.md#regression-model."""
 import numpy as np
 import pytest
 

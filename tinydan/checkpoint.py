@@ -1,4 +1,4 @@
-"""Atomic ``.npz`` checkpoints with JSON metadata (SPEC section 7).
+"""Atomic ``.npz`` checkpoints with JSON metadata (docs/model-and-protocol.md#files).
 
 A checkpoint is one ``.npz`` file (a zip of ``.npy`` arrays):
 

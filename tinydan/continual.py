@@ -1,4 +1,5 @@
-"""The evaluation protocol of SPEC section 5: loss matrices, memory/transfer loss, forgetting, CIs.
+"""The evaluation protocol of docs/model-and-protocol.md#evaluation: loss matrices,
+memory/transfer loss, forgetting, CIs.
 
 A deployed model learns a task sequence of ``T`` sub-tasks one after the other (regression: the five
 windows of a function; UCIL: the ten digit classes). After finishing sub-task ``i`` we measure the loss

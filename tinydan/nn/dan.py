@@ -1,6 +1,6 @@
 """VECs (vectors of synapses), DANs (deep artificial neurons) and networks of DANs.
 
-Vocabulary (SPEC section 1):
+Vocabulary (docs/model-and-protocol.md#glossary):
 
 * **synapses, theta**: a VEC layer from ``n_in`` nodes to ``n_out`` DANs with ``C`` channels is a
   weight ``(n_in, n_out*C)`` and a bias ``(n_out*C,)``; columns ``j*C:(j+1)*C`` are DAN ``j``'s
@@ -104,9 +104,9 @@ class MLPDAN(Module):
 
 
 class ConvDAN(Module):
-    """A convolutional DAN (SPEC section 4): the C inputs as a sqrt(C) x sqrt(C) image,
-    conv(1->c1, k) + leaky ReLU, conv(c1->c2, k) + leaky ReLU, max-pool(pool, stride 1),
-    fc -> hidden + leaky ReLU, fc -> 1 (linear).
+    """A convolutional DAN (docs/model-and-protocol.md#ucil-model): the C inputs as a
+    sqrt(C) x sqrt(C) image, conv(1->c1, k) + leaky ReLU, conv(c1->c2, k) + leaky ReLU,
+    max-pool(pool, stride 1), fc -> hidden + leaky ReLU, fc -> 1 (linear).
 
     phi is stored as in the usual channels-first model (conv weights (F, C, kh, kw); ``fc0_w`` rows
     in (channel, row, column) order), and ``reference_forward`` computes the DAN that way with
