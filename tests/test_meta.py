@@ -359,3 +359,16 @@ def test_meta_lr_decays_per_meta_epoch_and_resumes_exactly():
         assert np.array_equal(p.data, q.data)
     with pytest.raises(ValueError, match="meta_lr_decay"):
         MetaTrainer(**{**_trainer_args(cfg), "meta_lr_decay": 0.0})
+
+
+def test_a_copied_trainer_trains_as_the_original():
+    """deepcopy of a MetaTrainer (lesson 05 copies one) leaves its compiled step behind: the copy
+    records its own and trains exactly as the original does."""
+    import copy
+    one = new_trainer(regression_config("tiny"), 0)
+    one.run_epoch()
+    two = copy.deepcopy(one)
+    one.run_epoch()
+    two.run_epoch()
+    for p, q in zip(one.net.parameters(), two.net.parameters()):
+        assert np.array_equal(p.data, q.data) and p is not q

@@ -11,7 +11,7 @@ comes a meta step on the meta-loss at the updated synapses, averaged over the po
 
     phi <- Adam(phi, (1/M) sum_m grad_phi L_meta(theta_{t+1, m}, phi))        (meta step)
 
-Two meta-gradients (SPEC section 2):
+Two meta-gradients (docs/model-and-protocol.md#meta-gradients):
 
 * ``first_order``: theta_{t+1} is held constant; only phi's direct effect on the meta-loss counts.
 * ``one_step``: differentiate through the inner update too. theta_{t+1} depends on phi through
@@ -351,6 +351,13 @@ class MetaTrainer:
                                      f"{self.epoch}; lower the learning rates (inner {self.inner_lr}, "
                                      f"meta {self.meta_lr})")
         return out
+
+    def __getstate__(self):
+        """Copies and pickles leave out the compiled step and the worker processes (a copy makes
+        its own: a compiled step belongs to this trainer's network and optimizer)."""
+        state = self.__dict__.copy()
+        state.update(_step=None, _split=None)
+        return state
 
     def _compiled_step(self):
         """meta_step followed by the phi update, compiled (one tape per batch shape)."""

@@ -145,7 +145,9 @@ def _deploy(a, parser, out: Path, typed) -> int:
                      "`python -m tinydan.ucil meta-train --out DIR`")
     cfg = None if a.config is None else ucil_config(a.config)
     ph = load_refused_in_one_line(load_phenotype, path, cfg)
-    ph.meta["path"] = str(path)
+    # as the user gave it; the shipped file by its place in the package (no machine paths)
+    ph.meta["path"] = (f"tinydan/phenotypes/{path.name}" if path.resolve() == SHIPPED_PHENOTYPE
+                       else str(path))
     if a.tune_deploy_lr is not None and a.tune_deploy_lr != ph.cfg.tune_deploy_lr:
         ph.cfg = ph.cfg.replace(tune_deploy_lr=a.tune_deploy_lr)
         ph.meta.pop("deploy_lr", None)         # a recorded rate belongs to the other setting
