@@ -243,6 +243,10 @@ class RunFolder:
     def __exit__(self, *exc) -> None:
         if self._fd is not None:
             _HELD.discard(self._fd)
+            try:
+                (self.path / ".lock").unlink()              # no litter in the results folder
+            except OSError:
+                pass
             os.close(self._fd)                              # releases the lock
             self._fd = None
 
