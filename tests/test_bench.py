@@ -73,6 +73,9 @@ def test_each_benchmark_runs_quick_with_finite_times(name):
         return
     for t in (*r.tinydan_samples, *r.reference_samples, r.tinydan_s, r.reference_s, r.ratio):
         assert math.isfinite(t) and t > 0
+    if name.startswith("compiled_"):      # a replayed tape runs bare NumPy: no tinydan op at all
+        assert r.ops == 0
+        return
     assert r.ops > 0
     if name in REGRESSION:
         assert r.reference_name.startswith("torch")

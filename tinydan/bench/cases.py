@@ -418,6 +418,68 @@ def regression_deploy() -> Case:
     return _regression_case("deploy")
 
 
+def _compiled_case(kind: str) -> Case:
+    """The regression step of ``kind`` recorded once and replayed (``tinydan.compile``) against
+    the same step run eagerly: the ratio is what compiling saves; outputs must be equal."""
+    from tinydan.compiler import compile
+    from tinydan.experiments.configs import build_regression_net, regression_config
+    from tinydan.meta import deploy_step, meta_step
+    from tinydan.optim import Adam
+    from tinydan.tasks import sample_sines
+
+    cfg = regression_config("paper")
+    rng = _rng(7)
+    fn = sample_sines(rng, 1)
+    x = rng.uniform(-5, 5, (1, cfg.inner_batch, 1)).astype(np.float32)
+    xm = rng.uniform(-5, 5, (1, cfg.meta_batch, 1)).astype(np.float32)
+    y, ym = fn(x[..., 0]).astype(np.float32)[..., None], fn(xm[..., 0]).astype(np.float32)[..., None]
+    lr = cfg.inner_lr
+
+    def make(compiled: bool):
+        net = build_regression_net(cfg, _rng(8))
+        phi = net.parameters()
+        opt = Adam(phi, lr=cfg.meta_lr)
+        st = {"theta": {k: Tensor(v, requires_grad=True)
+                        for k, v in net.init_synapses(1, _rng(9)).items()}}
+
+        def step(theta, x, y, xm, ym, lr):
+            if kind == "deploy":
+                return deploy_step(net, theta, x, y, lr)
+            theta1, gphi, lt, lm = meta_step(net, theta, x, y, xm, ym, lr, kind, phi)
+            opt.step(gphi)
+            return theta1, lm
+        run = compile(step) if compiled else step
+
+        def go():
+            st["theta"], loss = run(st["theta"], x, y, xm, ym, lr)
+            return (np.asarray(loss), *[v.data for v in st["theta"].values()],
+                    *[p.data for p in phi])
+        return go
+
+    what = {"first_order": "first-order meta-step + Adam on phi", "one_step": "one-step "
+            "meta-step + Adam on phi", "deploy": "deploy_step"}[kind]
+    return Case(make(True), make(False), notes=f"paper net, P=1; {what}, compiled vs eager",
+                rtol=0.0, atol=0.0, reference_name="tinydan eager")
+
+
+@register("compiled_meta_first_order")
+def compiled_meta_first_order() -> Case:
+    """The first-order meta-step (+ Adam on phi) replayed by tinydan.compile, vs eager tinydan."""
+    return _compiled_case("first_order")
+
+
+@register("compiled_meta_one_step")
+def compiled_meta_one_step() -> Case:
+    """The one-step meta-step (+ Adam on phi) replayed by tinydan.compile, vs eager tinydan."""
+    return _compiled_case("one_step")
+
+
+@register("compiled_deploy")
+def compiled_deploy() -> Case:
+    """The deployment SGD step replayed by tinydan.compile, vs eager tinydan."""
+    return _compiled_case("deploy")
+
+
 @register("ucil_deploy_step", target=1.0)
 def ucil_deploy_step() -> Case:
     """UCIL `small` deployment step, 6 draws at once: sgd_step_ (in place) vs deploy_step."""
