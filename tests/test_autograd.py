@@ -187,3 +187,21 @@ def test_tensor_basics():
     assert td.tensor(np.ones(2)).dtype == np.float64
     with pytest.raises(ValueError, match="one element"):
         t.item()
+
+
+def test_a_deep_graph_pickles_as_a_leaf_without_recursion():
+    """Pickling keeps values, not the graph: a 50,000-op chain pickles (no RecursionError) and
+    comes back as a leaf with the same data, requires_grad and name; Parameters stay Parameters."""
+    import copy
+    import pickle
+    from tinydan.nn import Parameter
+    x = td.tensor(np.ones(3), requires_grad=True)
+    y = x
+    for _ in range(50_000):
+        y = y * 1.0
+    back = pickle.loads(pickle.dumps(y))
+    assert np.array_equal(back.data, y.data) and back.requires_grad and back._op is None
+    p = Parameter(np.arange(3.0), name="w")
+    q = copy.deepcopy(p)
+    assert type(q) is Parameter and q.name == "w" and np.array_equal(q.data, p.data)
+    assert q.data is not p.data

@@ -21,7 +21,6 @@ from tinydan.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinydan.experiments import ablation_studies
 from tinydan.experiments.cli import RunFolder, UsageError, one_line
 from tinydan.experiments.common import write_results
-from tinydan.parallel import usable_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 LEFTOVERS = ("*.tmp-*", "*.part", "*.part-*")
@@ -219,8 +218,10 @@ def _regression_crash(tmp_path, epochs: int, kills: int):
     records = _crash_test(tmp_path, "tinydan.regression",
                           ["--config", "tiny", "--epochs", str(epochs), "--val-every", "1"],
                           _plans(rng, epochs, kills), _env())
-    if usable_cores() > 1:       # validation runs in a worker: a kill after a save leaves it pending
-        assert any(r["pending"] for r in records), (seed, records)
+    # whether a validation was still pending at a random kill depends on timing (the compiled
+    # step makes epochs short); the kill with a pending validation is made deterministic in
+    # test_a_run_killed_before_its_first_validation_finished_resumes_bit_for_bit
+    return seed, records
 
 
 @needs_proc
@@ -282,8 +283,7 @@ def _ucil_crash(tmp_path, monkeypatch, epochs: int, kills: int):
     rng = random.Random(random.SystemRandom().randrange(2 ** 32))
     records = _crash_test(tmp_path, "tinydan.ucil", ["--config", "tiny", "--epochs", str(epochs)],
                           _plans(rng, epochs, kills), _env(TINYDAN_OFFLINE="1"))
-    if usable_cores() > 1:
-        assert any(r["pending"] for r in records), records
+    return records                     # pending validations at a kill: as for the regression
 
 
 @needs_proc
@@ -365,11 +365,15 @@ def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_run(tmp_path):
     code = ("import os, sys, time\nfrom tinydan.experiments.cli import RunFolder\n"
             f"f = RunFolder({str(out)!r}).__enter__()\n"
             "pid = os.fork()\n"
-            "if pid == 0:\n    time.sleep(60)\n    os._exit(0)\n"
+            f"if pid == 0:\n    open({str(tmp_path / 'child-ready')!r}, 'w').close()\n"
+            "    time.sleep(60)\n    os._exit(0)\n"
             "print(pid, flush=True)\nsys.stdin.read()\n")
     holder = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, env=_env(), text=True)
     child = int(holder.stdout.readline())
+    deadline = time.monotonic() + 30          # the child runs code after fork: its at-fork
+    while not (tmp_path / "child-ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)                      # handlers (which drop the lock) have run
     try:
         holder.send_signal(signal.SIGKILL)
         holder.wait()

@@ -55,6 +55,14 @@ def _as_float_array(data, dtype=None) -> np.ndarray:
                     "pass numbers or a float32/float64 array")
 
 
+def _rebuild(cls, data, grad, requires_grad, name):
+    """A leaf of type ``cls`` (Tensor or a subclass such as Parameter) from pickled values."""
+    t = cls.__new__(cls)
+    Tensor.__init__(t, data, requires_grad=requires_grad, name=name)
+    t.grad = grad
+    return t
+
+
 class Tensor:
     """An n-dimensional float array with an optional gradient and a link to the op that made it."""
 
@@ -73,6 +81,11 @@ class Tensor:
         self.saved = None
         self.needs_input_grad = None
         self.name = name
+
+    def __reduce__(self):
+        """Pickle and deepcopy the values, not the graph: a Tensor comes back as a leaf with its
+        data, gradient, requires_grad and name (so a graph of any depth pickles, no recursion)."""
+        return (_rebuild, (type(self), self.data, self.grad, self.requires_grad, self.name))
 
     # ------------------------------------------------------------------ basic facts
     @property
