@@ -129,3 +129,19 @@ def test_readme_figures_are_committed_and_small(name):
     assert path.exists(), f"{path} is missing: python -m tinydan.experiments.docs --figures"
     assert path.stat().st_size < 200_000, f"{name} is {path.stat().st_size} bytes: shrink it"
     assert f"docs/figures/{name}" in (ROOT / "README.md").read_text()
+
+
+def test_readme_is_short_and_nothing_cites_private_material():
+    """README at most 200 lines; no file of README, docs, the package or the lessons cites the
+    design brief, work sessions, pre-registrations, /tmp or a folder outside the repository."""
+    import re
+    root = Path(__file__).resolve().parents[1]
+    assert len((root / "README.md").read_text().splitlines()) <= 200
+    pattern = re.compile(r"\bSPEC\b|[Ss]ession [0-9]|PREREG|/tmp/|\.\./shared")
+    files = [root / "README.md", *(root / "docs").rglob("*"), *(root / "tinydan").rglob("*.py"),
+             *(root / "lessons").rglob("*.py"), *(root / "lessons").rglob("*.ipynb")]
+    hits = [f"{p.relative_to(root)}:{i + 1}" for p in files if p.is_file()
+            and p.suffix in (".md", ".py", ".ipynb", ".json")
+            for i, line in enumerate(p.read_text(errors="replace").splitlines())
+            if pattern.search(line)]
+    assert not hits, f"remove these citations: {hits[:20]}"
