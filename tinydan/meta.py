@@ -464,19 +464,21 @@ class PopulationSplit:
         self.population = int(population)
         self.processes = len(self.blocks)          # what runs: at most one per member
         self.workers: list = []
+        self._procs: list = []
         self.closed = False
         try:
             for _ in self.blocks[1:]:
                 pool = Workers(1, initializer=_member_init, initargs=(net,), fallback=False)
                 self.workers.append(pool)
                 pool.submit(_member_ready).result()        # started now, before any thread here
+                self._procs += pool.processes()            # kept: a broken pool forgets them
         except BaseException:
             self.close()
             raise
 
     def pids(self) -> list[int]:
         """Process ids of the workers."""
-        return [p.pid for pool in self.workers for p in pool.processes()]
+        return [p.pid for p in self._procs]
 
     def reset(self, theta0: dict) -> dict:
         """theta_0 to every worker (its members' rows); returns this process's rows as new leaves."""
@@ -538,15 +540,9 @@ class PopulationSplit:
     def close(self) -> None:
         """Stop the workers; the split cannot be used afterwards."""
         self.closed = True
-        for pool in self.workers:
-            procs = pool.processes()
-            pool.shutdown(wait=False, cancel_futures=True)
-            for p in procs:
-                p.join(timeout=10)
-                if p.is_alive():
-                    p.terminate()
-                    p.join(timeout=5)
-        self.workers = []
+        for pool in self.workers:          # the executor joins its processes (one joiner only:
+            pool.shutdown(wait=True, cancel_futures=True)   # two would race for the exit status)
+        self.workers, self._procs = [], []
 
     def __del__(self):
         try:
