@@ -50,26 +50,25 @@ def progress(total, desc, disable=False, initial=0, unit="it"):
                 dynamic_ncols=True, unit=unit)
 
 
-def positive_int(s):
-    """argparse type: a whole number >= 1, with a clear message otherwise."""
+def _whole(s, minimum: int, too_small: str) -> int:
+    """int(s) if it is a whole number >= minimum, else one argparse error line."""
     try:
         v = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    if v < minimum:
+        raise argparse.ArgumentTypeError(f"{too_small}, got {v}")
     return v
+
+
+def positive_int(s):
+    """argparse type: a whole number >= 1, with a clear message otherwise."""
+    return _whole(s, 1, "must be at least 1")
 
 
 def nonnegative_int(s):
     """argparse type: a whole number >= 0 (a count of worker processes; 0 runs inline)."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more (0: no worker processes), got {v}")
-    return v
+    return _whole(s, 0, "must be 0 or more (0: no worker processes)")
 
 
 def ci_count(s):
@@ -83,13 +82,7 @@ def ci_count(s):
 
 def seed_int(s):
     """argparse type: a seed, a whole number >= 0 (NumPy's generators take no negative seeds)."""
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"a seed is a whole number >= 0, got {v}")
-    return v
+    return _whole(s, 0, "a seed is a whole number >= 0")
 
 
 def positive_float(s):

@@ -29,12 +29,13 @@ import numpy as np
 from .. import __version__
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint, write_atomic
 from ..continual import to_jsonable
-from ..parallel import Workers, executor_width, one_blas_thread
+from ..parallel import Workers
 from .cli import progress
 
 __all__ = ["Phenotype", "command_line", "versions", "blas_info", "write_results",
            "learn_in_order", "ValidationQueue", "meta_train_loop", "save_phenotype_file",
-           "read_phenotype_file", "snapshot_arrays", "snapshots_from", "validation_parts"]
+           "read_phenotype_file", "snapshot_arrays", "snapshots_from", "validation_parts",
+           "load_phi"]
 
 
 @dataclass
@@ -381,13 +382,3 @@ def load_phi(net, phi: dict, path, cfg) -> None:
         net.load_state_dict(phi)
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: its phenotype does not fit config {cfg.name!r}: {e}") from None
-
-
-@one_blas_thread()
-def run_job(fn, *args, **kwargs):
-    """fn(*args, **kwargs) with one BLAS thread wherever it runs (a worker, or here inline): a
-    product's rounding depends on how BLAS splits it, so a job's numbers do not depend on where."""
-    return fn(*args, **kwargs)
-
-
-__all__ += ["load_phi", "run_job", "executor_width"]
