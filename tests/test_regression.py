@@ -161,9 +161,10 @@ def test_shipped_phenotype_loads_and_beats_random_dans():
     assert r0 < 0.5 * r2
 
 
-def test_compiled_and_eager_meta_training_and_deployment_are_the_same(tmp_path):
+@pytest.mark.parametrize("meta_grad", ["first_order", "one_step"])
+def test_compiled_and_eager_meta_training_and_deployment_are_the_same(tmp_path, meta_grad):
     """--no-compile runs the steps eagerly: the same run, array for array (compile replays the
-    very kernels the eager step runs)."""
+    very kernels the eager step runs), with a decaying phi rate read afresh at every epoch."""
     import numpy as np
     from tinydan.checkpoint import load_checkpoint
     from tinydan.compiler import is_enabled, set_enabled
@@ -172,8 +173,8 @@ def test_compiled_and_eager_meta_training_and_deployment_are_the_same(tmp_path):
         prev = set_enabled(flag)
         try:
             out = tmp_path / str(flag)
-            ph = meta_train(regression_config("tiny", meta_epochs=2), 0, out, quiet=True,
-                            workers=0, log=lambda *a: None)
+            cfg = regression_config("tiny", meta_epochs=2, meta_grad=meta_grad, meta_lr_decay=0.5)
+            ph = meta_train(cfg, 0, out, quiet=True, workers=0, log=lambda *a: None)
             from tinydan.tasks import EVAL_SEED, sample_functions
             f = sample_functions(ph.cfg, np.random.default_rng(EVAL_SEED), 3, "test")
             arrays[flag] = (load_checkpoint(out / "checkpoint.npz")[0],
@@ -184,3 +185,22 @@ def test_compiled_and_eager_meta_training_and_deployment_are_the_same(tmp_path):
     (a, ra), (b, rb) = arrays[True], arrays[False]
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     assert np.array_equal(ra, rb)
+
+
+def test_meta_lr_decay_sets_phis_rate_each_epoch_and_changes_the_run():
+    """meta_lr * decay^e in meta-epoch e (from 0): the rate Adam used, and a different phi."""
+    import numpy as np
+    from tinydan.experiments.regression import new_trainer
+    runs = {}
+    for decay in (1.0, 0.5):
+        tr = new_trainer(regression_config("tiny", meta_lr_decay=decay), 0)
+        rates = []
+        for _ in range(3):
+            tr.run_epoch()
+            rates.append(tr.optimizer.lr)
+        runs[decay] = (rates, [p.data.copy() for p in tr.phi])
+    base = regression_config("tiny").meta_lr
+    assert runs[0.5][0] == [base, base * 0.5, base * 0.25] and runs[1.0][0] == [base] * 3
+    assert not all(np.array_equal(a, b) for a, b in zip(runs[0.5][1], runs[1.0][1]))
+    with pytest.raises(ValueError, match="meta_lr_decay must be > 0"):
+        regression_config("tiny", meta_lr_decay=0.0)

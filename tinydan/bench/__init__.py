@@ -10,8 +10,11 @@ Modules:
 
 * ``harness``: ``Case``, ``Benchmark``, ``register``, the correctness check, op counting,
   interleaved timing (``time_pair``), medians (``run_benchmark``), machine facts and the table;
-* ``cases``: the registered benchmarks (engine kernels, the regression steps against PyTorch, the
-  UCIL steps) and the PyTorch references;
+* ``cases``: the engine-kernel and UCIL benchmarks;
+* ``regression_steps``: the regression model's steps, eager and compiled, against PyTorch eager;
+* ``torch_reference``: those steps and the whole regression meta-training in PyTorch eager;
+* ``end_to_end``: ``python -m tinydan.regression meta-train`` against the PyTorch meta-training,
+  as whole processes (``--end-to-end``);
 * ``ucil_step``: the paper-scale UCIL meta-step benchmark (time, peak memory, fraction of the
   machine's matmul throughput), also behind ``python -m tinydan.ucil bench``;
 * ``cli``: the options and the report; ``__main__``: the BLAS thread count, then ``cli.main``.
@@ -20,7 +23,9 @@ This is a tool on top of the package: nothing in tinydan imports it but the ``uc
 """
 from __future__ import annotations
 
-from .cases import PUBLISHED_S           # importing cases registers the benchmarks
+from . import cases                      # noqa: F401 - importing it registers the benchmarks
+from .end_to_end import end_to_end, format_end_to_end
+from .regression_steps import PUBLISHED_S
 from .cli import format_regression_notes, format_ucil, main, run_ucil
 from .harness import (BENCHMARKS, CLOCKS, Benchmark, BenchmarkMismatch, Case, Result, as_array,
                       compare, count_ops, fmt_time, format_header, format_table, machine_info,
@@ -30,4 +35,5 @@ from .harness import _openblas_threads_ctypes  # noqa: F401  (kept importable fr
 __all__ = ["Case", "Benchmark", "Result", "BenchmarkMismatch", "BENCHMARKS", "CLOCKS", "register",
            "as_array", "compare", "verify", "count_ops", "time_pair", "run_benchmark",
            "machine_info", "fmt_time", "format_table", "format_header", "profile_step",
-           "PUBLISHED_S", "format_regression_notes", "format_ucil", "run_ucil", "main"]
+           "PUBLISHED_S", "end_to_end", "format_end_to_end", "format_regression_notes",
+           "format_ucil", "run_ucil", "main"]

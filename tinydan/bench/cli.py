@@ -14,8 +14,9 @@ import os
 import sys
 from typing import Any
 
-from . import ucil_step
-from .cases import PUBLISHED_S           # importing cases registers every benchmark
+from . import cases, ucil_step          # noqa: F401 - importing cases registers its benchmarks
+from .end_to_end import end_to_end, format_end_to_end
+from .regression_steps import PUBLISHED_S
 from .harness import (BENCHMARKS, CLOCKS, Result, fmt_time, format_header, format_table,
                       load_avg, machine_info, profile_step, run_benchmark)
 
@@ -51,12 +52,23 @@ def _parse_args(argv):
                         "(tinydan.bench.ucil_step.bench_paper_meta_step; slow and memory-hungry: "
                         "off by default); alone it runs only that, with --only those first. "
                         "Its meta-step runs on one BLAS thread whatever --threads says")
+    p.add_argument("--end-to-end", type=int, default=None, metavar="EPOCHS",
+                   help="also time `python -m tinydan.regression meta-train --epochs EPOCHS` "
+                        "against the same meta-training in PyTorch eager, as whole processes, "
+                        "interleaved (needs PyTorch); alone it runs only that")
+    p.add_argument("--rounds", type=int, default=3, metavar="N",
+                   help="--end-to-end: interleaved pairs of runs (default 3)")
     args = p.parse_args(argv)
+    if args.end_to_end is not None and args.end_to_end < 1:
+        p.error("--end-to-end must be >= 1 meta-epoch")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     if args.repeat is not None and args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.threads < 0:
         p.error("--threads must be >= 0")
-    names = [] if args.ucil and not args.only else list(BENCHMARKS)
+    alone = (args.ucil or args.end_to_end is not None) and not args.only
+    names = [] if alone else list(BENCHMARKS)
     if args.only:
         names = [s.strip() for s in args.only.split(",") if s.strip()]
         unknown = [s for s in names if s not in BENCHMARKS]
@@ -144,9 +156,10 @@ def main(argv=None) -> int:
     1 when ``--ucil`` was asked for and its benchmark could not run."""
     args = _parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
+        w = max(len(name) for name in BENCHMARKS)
         for b in BENCHMARKS.values():
             tgt = f" [target <= {b.target}x]" if b.target is not None else ""
-            print(f"{b.name:28s} {b.description}{tgt}")
+            print(f"{b.name.ljust(w)}  {b.description}{tgt}")
         return 0
     info = machine_info()
     print(format_header(info, args.threads))
@@ -180,9 +193,20 @@ def main(argv=None) -> int:
         print(("\n" if results else "") + message, flush=True)
         if not ran:
             rc = 1
+    e2e = None
+    if args.end_to_end is not None:
+        try:
+            e2e = end_to_end(args.end_to_end, rounds=args.rounds,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+            print("\n" + format_end_to_end(e2e), flush=True)
+        except RuntimeError as e:                  # a command failed (e.g. no PyTorch)
+            print(f"\n--end-to-end: {e}", flush=True)
+            rc = 1
     if args.json:
         data = {"machine": info, "threads_requested": args.threads,
                 "quick": args.quick, "results": [r.as_dict() for r in results]}
+        if e2e is not None:
+            data["end_to_end"] = e2e
         if args.ucil:
             data["ucil"] = _ucil_dict(ucil) if _ucil_dict(ucil) is not None else ucil
         with open(args.json, "w") as f:

@@ -158,6 +158,9 @@ def add_run_options(sp, configs, default_config: str | None, training: bool = Tr
                          help="synapse SGD learning rate (default: the config's)")
         adv.add_argument("--meta-lr", type=positive_float, default=None,
                          help="phi Adam learning rate (default: the config's)")
+        adv.add_argument("--meta-lr-decay", type=positive_float, metavar="F", default=None,
+                         help="phi's learning rate is multiplied by F after every meta-epoch "
+                              "(default: the config's)")
     return adv
 
 

@@ -59,6 +59,7 @@ class RegressionConfig:
     population: int = 1
     inner_lr: float = 0.001
     meta_lr: float = 1e-4
+    meta_lr_decay: float = 1.0         # phi's lr in meta-epoch e (from 0): meta_lr * decay^e
     meta_optimizer: str = "adam"
     meta_grad: str = "first_order"
     meta_epochs: int = 400
@@ -96,7 +97,7 @@ class RegressionConfig:
                              "synapses; with inner_optimizer 'adam' use 'first_order'")
         if not self.target_noise >= 0:
             raise ValueError(f"target_noise must be >= 0, got {self.target_noise}")
-        for name in ("inner_lr", "meta_lr"):
+        for name in ("inner_lr", "meta_lr", "meta_lr_decay"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("n_channels", "n_windows", "steps_per_window", "inner_batch", "meta_batch",

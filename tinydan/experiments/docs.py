@@ -13,7 +13,6 @@ tinydan version and the BLAS libraries with their kernels.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import re
@@ -24,7 +23,7 @@ import numpy as np
 
 from .ablations import STUDIES
 
-__all__ = ["render", "check", "write", "draw_figures", "zero_predictor", "fmt", "fmt_ci", "main",
+__all__ = ["render", "check", "write", "zero_predictor", "fmt", "fmt_ci", "main",
            "REGIONS"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +36,9 @@ ABLATIONS = RESULTS / "ablations"
 SPEED = RESULTS / "speed" / "bench.json"
 REGIONS = ("regression", "ucil")
 GENERATE = "python -m tinydan.experiments.docs"
-LESSON_03 = Path("lessons/03_vecs_and_dans.py")
+LESSON_03 = Path("lessons/03_vecs_and_dans.py")      # its functions draw Figure 1
+FIGURE_COPIES = [(REGRESSION.parent / "figure3_predictions.png", "figure3.png"),
+                 (UCIL.parent / "fig2_net0.png", "figure2.png")]
 DIVERGED = 1e6          # the loss a diverged deployment is scored with (regression.deploy)
 
 
@@ -369,6 +370,9 @@ def speed_section(bench: dict | None) -> str:
     cmd = "python -m tinydan.bench" + (" --quick" if bench.get("quick") else "")
     if bench.get("threads_requested") not in (None, 1):
         cmd += f" --threads {bench['threads_requested']}"
+    e2e = bench.get("end_to_end")
+    if e2e:
+        cmd += f" --end-to-end {e2e['epochs']} --rounds {e2e['rounds']}"
     cmd += f" --json {SPEED.as_posix()}"
     rows = [[r["name"], fmt_time(r["tinydan_s"]), r.get("reference_name", "n/a"),
              fmt_time(r["reference_s"]), fmt(r["ratio"]),
@@ -395,7 +399,25 @@ def speed_section(bench: dict | None) -> str:
             + f"\nMade by `{cmd}` ([{SPEED.as_posix()}](results/speed/bench.json)); tinydan "
               f"{m.get('tinydan', 'not recorded')} ({m.get('tinydan_git', 'no revision')}), "
               f"NumPy {m.get('numpy', 'not recorded')}, BLAS: {blas}, "
-              f"{threads or 'threads not recorded'}.\n")
+              f"{threads or 'threads not recorded'}.\n" + end_to_end_text(e2e))
+
+
+def end_to_end_text(e2e: dict | None) -> str:
+    """The end-to-end rows of bench.json: whole meta-training runs, tinydan against PyTorch."""
+    if not e2e:
+        return ""
+    med, ratio = e2e["median"], e2e["ratio"]
+    rows = [["tinydan: `python -m tinydan.regression meta-train`", f"{med['tinydan']['wall_s']:.1f} s",
+             f"{med['tinydan']['cpu_s']:.1f} s"],
+            ["PyTorch eager: `python -m tinydan.bench.torch_reference`",
+             f"{med['torch']['wall_s']:.1f} s", f"{med['torch']['cpu_s']:.1f} s"],
+            ["ratio tinydan / PyTorch (median of the rounds)", fmt(ratio["wall_s"]),
+             fmt(ratio["cpu_s"])]]
+    return (f"\nEnd to end: {e2e['epochs']} meta-epochs of the regression config "
+            f"`{e2e['config']}`, both from the same phi_0, theta_0 and task draws (their meta-loss "
+            f"histories agree to {e2e['meta_loss_max_rel_diff']:.0e}), as whole processes, "
+            f"{e2e['rounds']} interleaved rounds, medians; target: tinydan at most half "
+            "PyTorch's wall time.\n\n" + _table(["run", "wall", "CPU"], rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,65 +518,6 @@ def write(root: Path = ROOT) -> list:
     return changed
 
 
-# ---------------------------------------------------------------------------------------------
-# figures: Figure 1 drawn by lesson 03's code, Figures 2 and 3 small copies of the runs' PNGs
-# ---------------------------------------------------------------------------------------------
-def _lesson_namespace(path: Path, names: tuple) -> dict:
-    """The top-level definitions ``names`` of a lesson's source, executed (nothing else runs)."""
-    from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangle
-    tree = ast.parse(path.read_text(), str(path))
-    keep = [n for n in tree.body if (isinstance(n, ast.FunctionDef) and n.name in names) or
-            (isinstance(n, ast.Assign) and any(getattr(t, "id", None) in names for t in n.targets))]
-    missing = set(names) - {getattr(n, "name", None) or n.targets[0].id for n in keep}
-    if missing:
-        raise ValueError(f"{path} no longer defines {', '.join(sorted(missing))}; update "
-                         "tinydan/experiments/docs.py's Figure 1 to the lesson's new names")
-    ns = {"np": np, "Circle": Circle, "FancyArrowPatch": FancyArrowPatch,
-          "FancyBboxPatch": FancyBboxPatch, "Rectangle": Rectangle}
-    exec(compile(ast.Module(body=keep, type_ignores=[]), str(path), "exec"), ns)
-    return ns
-
-
-def _shrink(src: Path, dst: Path, width: int) -> None:
-    """dst: src scaled down to at most ``width`` pixels wide, 256 colours (a small PNG)."""
-    from PIL import Image
-    with Image.open(src) as im:
-        im, width = im.convert("RGB"), min(width, im.width)
-        im = im.resize((width, round(im.height * width / im.width)), Image.LANCZOS)
-        im.quantize(256).save(dst, optimize=True)
-
-
-def draw_figures(root: Path = ROOT) -> list:
-    """docs/figures/figure1.png (lesson 03's drawing of the paper's Figure 1), and figure2.png and
-    figure3.png: small copies of the runs' PNGs where their commands were run again (the committed
-    results folders keep results.json and results.md only). Returns the files written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-    root = Path(root)
-    out = root / "docs" / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    ns = _lesson_namespace(root / LESSON_03, ("CHANNEL_COLORS", "layer_ys", "draw_network",
-                                              "draw_dan_inside"))
-    fig = Figure(figsize=(14, 4.6))
-    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [4, 4, 3]})
-    ns["draw_network"](axes[0], (2, 3, 2), 3, dans=False,
-                       title="ordinary network: one weight per connection")
-    ns["draw_network"](axes[1], (2, 3, 2), 3, dans=True,
-                       title="network of DANs, C = 3: one VEC (3 synapses) per connection")
-    ns["draw_dan_inside"](axes[2], sizes=(3, 15, 8, 1))
-    fig.tight_layout()
-    written = [out / "figure1.png"]
-    fig.savefig(written[0], dpi=100, bbox_inches="tight")
-    _shrink(written[0], written[0], 900)
-    for src, name in ((REGRESSION.parent / "figure3_predictions.png", "figure3.png"),
-                      (UCIL.parent / "fig2_net0.png", "figure2.png")):
-        if (root / src).exists():
-            _shrink(root / src, out / name, 1200)
-            written.append(out / name)
-    return written
-
-
 def main(argv=None) -> int:
     """Entry point of ``python -m tinydan.experiments.docs``."""
     p = argparse.ArgumentParser(prog=GENERATE, description="Write docs/results.md and the README's "
@@ -574,7 +537,9 @@ def main(argv=None) -> int:
         changed = write(a.root)
         print("wrote " + (", ".join(map(str, changed)) if changed else "nothing (up to date)"))
         if a.figures:
-            print("drew " + ", ".join(str(f.relative_to(a.root)) for f in draw_figures(a.root)))
+            from .docs_figures import draw_figures
+            drawn = draw_figures(a.root, LESSON_03, FIGURE_COPIES)
+            print("drew " + ", ".join(str(f.relative_to(a.root)) for f in drawn))
     except (ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -156,7 +156,7 @@ def new_trainer(cfg: RegressionConfig, seed: int) -> MetaTrainer:
     theta0 = net.init_synapses(cfg.population, rng)
     return MetaTrainer(net, theta0, _sampler(cfg), cfg.inner_lr, cfg.meta_lr, cfg.meta_grad,
                        cfg.meta_optimizer, seed=seed, inner_optimizer=cfg.inner_optimizer,
-                       meta_updates=cfg.meta_updates)
+                       meta_updates=cfg.meta_updates, meta_lr_decay=cfg.meta_lr_decay)
 
 
 @one_blas_thread()

@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _FIELDS = (("meta_grad", "meta_grad"), ("meta_epochs", "epochs"), ("inner_lr", "inner_lr"),
-           ("meta_lr", "meta_lr"), ("output", "output"), ("eval_functions", "eval_functions"),
-           ("init", "init"), ("val_every", "val_every"))
+           ("meta_lr", "meta_lr"), ("meta_lr_decay", "meta_lr_decay"), ("output", "output"),
+           ("eval_functions", "eval_functions"), ("init", "init"), ("val_every", "val_every"))
 
 
 def main(argv=None) -> int:

@@ -64,9 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
                             help="MNIST draws of the 5 images per digit (default: the config's, "
                                  f"{small.eval_draws} for small)")
         adv = add_run_options(sp, UCIL_CONFIGS, "small")
-        adv.add_argument("--meta-lr-decay", type=positive_float, metavar="F", default=None,
-                         help="phi's learning rate is multiplied by F after every meta-epoch "
-                              f"(default: the config's, {small.meta_lr_decay} for small)")
         adv.add_argument("--processes", type=positive_int, metavar="N", default=None,
                          help="processes that share each meta-step's population members (default: "
                               "2 with a second core, else 1; --resume: the run's own); the same "
