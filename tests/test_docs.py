@@ -145,3 +145,20 @@ def test_readme_is_short_and_nothing_cites_private_material():
             for i, line in enumerate(p.read_text(errors="replace").splitlines())
             if pattern.search(line)]
     assert not hits, f"remove these citations: {hits[:20]}"
+
+
+def test_committed_results_and_phenotypes_name_no_machine_paths():
+    """Provenance in the committed results and shipped phenotypes is relative to the repository:
+    an absolute path would name the machine a run happened on, and mean nothing elsewhere."""
+    import json
+    from tinydan.checkpoint import load_checkpoint
+    root = Path(__file__).resolve().parents[1]
+
+    def absolute(value):
+        text = json.dumps(value)
+        return [m for m in ('"/', " /", "=/") if m in text]
+    bad = [str(p.relative_to(root)) for p in (root / "docs" / "results").rglob("results.json")
+           if absolute(json.loads(p.read_text()))]
+    bad += [str(p.relative_to(root)) for p in (root / "tinydan" / "phenotypes").glob("*.npz")
+            if absolute(load_checkpoint(p)[1])]
+    assert not bad, f"absolute paths in {bad}"
