@@ -124,8 +124,9 @@ REGRESSION_CONFIGS = {
     # The paper as written: scaled tanh output, SGD 0.001 on synapses, Adam 1e-4 on phi.
     "paper": RegressionConfig(name="paper"),
     # What works within the time budget (docs/how-the-defaults-were-chosen.md).
-    "default": RegressionConfig(name="default", output="linear", inner_lr=0.01, meta_lr=1e-4,
-                                meta_grad="one_step", meta_epochs=200, init="fan_in_uniform"),
+    "default": RegressionConfig(name="default", output="linear", inner_lr=0.01, meta_lr=5e-4,
+                                meta_lr_decay=0.98, meta_grad="one_step", meta_epochs=200,
+                                init="fan_in_uniform"),
     # A few-second config for tests and lessons.
     "tiny": RegressionConfig(name="tiny", nodes=(1, 8, 8, 1), n_channels=6, dan_hidden=(5, 4),
                              output="linear", inner_lr=0.01, meta_lr=1e-3, steps_per_window=10,

@@ -31,6 +31,7 @@ RESULTS = Path("docs/results")
 PAGE = Path("docs/results.md")
 README = Path("README.md")
 REGRESSION = RESULTS / "regression" / "default" / "results.json"
+SELECTION = RESULTS / "regression" / "selection" / "results.json"
 UCIL = RESULTS / "ucil" / "small" / "results.json"
 ABLATIONS = RESULTS / "ablations"
 SPEED = RESULTS / "speed" / "bench.json"
@@ -198,6 +199,32 @@ def regression_details(res: dict) -> str:
             f"chosen on validation functions (final MSE per lr: {scores}); the DAN network has "
             f"{b.get('dan_synapses', 'n/a')} synapses and {b.get('dan_phi', 'n/a')} phenotype "
             f"parameters. The joint MLP: {b.get('joint', 'n/a')}.\n")
+
+
+def selection_section(sel: dict | None, source: Path) -> str:
+    """How the regression default's phi learning rate was chosen: every candidate's best
+    validation MSE per seed (docs/results/regression/selection/results.json)."""
+    if sel is None:
+        return ""
+    seeds = sorted({r["seed"] for c in sel["candidates"] for r in c["runs"]})
+    rows = []
+    for c in sel["candidates"]:
+        by_seed = {r["seed"]: r for r in c["runs"]}
+        cells = [f"{fmt(by_seed[s]['best_val'])} ({by_seed[s]['best_epoch']})" if s in by_seed
+                 else "not run" for s in seeds]
+        mean = (fmt(float(np.mean([r["best_val"] for r in c["runs"]])))
+                if len(c["runs"]) == len(seeds) else "")
+        rows.append([c["label"] + (" **(chosen)**" if c["label"] == sel["chosen"] else ""),
+                     str(c["meta_epochs"]), *cells, mean])
+    notes = "".join(f"- {c['label']}: {c['note']}\n" for c in sel["candidates"] if c.get("note"))
+    return ("### How the default's phi learning rate was chosen\n\n"
+            f"{sel['rule']} Each cell: the best validation final MSE of a run (its meta-epoch).\n\n"
+            + _table(["phi Adam learning rate in meta-epoch e", "meta-epochs",
+                      *[f"seed {s}" for s in seeds], "mean"], rows) + "\n" + notes
+            + f"\nMade by `{sel['command']}` for each candidate and seed "
+              f"([{source.as_posix()}]({source.relative_to('docs').as_posix()})); tinydan "
+              f"{sel['versions'].get('tinydan')}, NumPy {sel['versions'].get('numpy')}, BLAS: "
+              f"{blas_text(sel['versions'])}.\n")
 
 
 SAME_RUN = {REGRESSION: ("experiment", "config", "seed", "eval_seed", "n_held_out"),
@@ -444,7 +471,8 @@ def render(root: Path = ROOT) -> tuple[str, dict]:
                     f"{REGRESSION.parent.as_posix()}`.\n")
         regions["regression"] = f"Not committed yet: see [docs/results.md]({PAGE.as_posix()}).\n"
     else:
-        page.append(regression_block(reg, REGRESSION) + "\n" + regression_details(reg))
+        page.append(regression_block(reg, REGRESSION) + "\n" + regression_details(reg) + "\n"
+                    + selection_section(_load(root, SELECTION), SELECTION))
         regions["regression"] = (regression_block(reg, REGRESSION, in_docs=False) + "\nThe "
                                  "score of predicting 0, the baselines' settings, and which "
                                  "figures move with the BLAS kernel: "
