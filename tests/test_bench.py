@@ -447,7 +447,8 @@ def test_blas_library_from_threadpoolctl_or_numpy_config(monkeypatch):
 @pytest.mark.parametrize("meta_grad", ["first_order", "one_step"])
 def test_torch_reference_meta_trains_like_tinydan(meta_grad):
     """Same network, phi_0, theta_0 and task draws: two meta-epochs in PyTorch land where
-    tinydan's MetaTrainer does (float32 rounding apart), epoch by epoch."""
+    tinydan's MetaTrainer does (float32 rounding apart), epoch by epoch, and so does the
+    validation of the final phi."""
     from tinydan.bench.torch_reference import meta_train
     from tinydan.experiments.configs import regression_config
     from tinydan.experiments.regression import new_trainer
@@ -460,6 +461,8 @@ def test_torch_reference_meta_trains_like_tinydan(meta_grad):
                                rtol=1e-4)
     np.testing.assert_allclose(theirs["history"]["task_loss"], tr.history["task_loss"],
                                rtol=1e-4)
+    from tinydan.experiments.regression import validate
+    assert theirs["val"] == pytest.approx(validate(tr.net, tr.theta0, cfg, 3), rel=1e-4)
     moved = 0.0
     for a, p, p0 in zip(theirs["phi"], tr.phi, new_trainer(cfg, 3).phi):
         np.testing.assert_allclose(a, p.data, rtol=1e-3, atol=1e-5)
@@ -475,7 +478,7 @@ def test_end_to_end_times_both_commands_and_compares_their_losses(capsys):
     assert len(res["samples"]["tinydan"]) == len(res["samples"]["torch"]) == 2
     for side in ("tinydan", "torch"):
         assert all(s["wall_s"] > 0 and s["cpu_s"] > 0 for s in res["samples"][side])
-    assert res["meta_loss_max_rel_diff"] < 1e-4
+    assert res["meta_loss_max_rel_diff"] < 1e-4 and res["val_max_rel_diff"] < 1e-4
     assert res["ratio"]["wall_s"] > 0
     text = bench.format_end_to_end(res)
     assert "tinydan / PyTorch" in text and "1 meta-epochs of config 'tiny' (first_order)" in text

@@ -55,7 +55,8 @@ def _parse_args(argv):
     p.add_argument("--end-to-end", type=int, default=None, metavar="EPOCHS",
                    help="also time `python -m tinydan.regression meta-train --epochs EPOCHS` "
                         "against the same meta-training in PyTorch eager, as whole processes, "
-                        "interleaved (needs PyTorch); alone it runs only that")
+                        "interleaved (needs PyTorch), after the benchmarks --only selects "
+                        "(all by default)")
     p.add_argument("--rounds", type=int, default=3, metavar="N",
                    help="--end-to-end: interleaved pairs of runs (default 3)")
     args = p.parse_args(argv)
@@ -67,8 +68,7 @@ def _parse_args(argv):
         p.error("--repeat must be >= 1")
     if args.threads < 0:
         p.error("--threads must be >= 0")
-    alone = (args.ucil or args.end_to_end is not None) and not args.only
-    names = [] if alone else list(BENCHMARKS)
+    names = [] if args.ucil and not args.only else list(BENCHMARKS)
     if args.only:
         names = [s.strip() for s in args.only.split(",") if s.strip()]
         unknown = [s for s in names if s not in BENCHMARKS]

@@ -20,7 +20,6 @@ import numpy as np
 from tinydan.tensor import Tensor
 
 from .harness import Case, as_array, register
-from .torch_reference import TorchStep, load_torch
 
 __all__ = ["PUBLISHED_S"]
 
@@ -112,6 +111,7 @@ def _regression_case(kind: str, compiled: bool = False) -> Case:
         head = (loss,) if kind == "deploy" else (loss, lt, *gphi)
         return (*head, *[_Update(new[k], old[k], lr) for k in names])
 
+    from .torch_reference import TorchStep, load_torch   # (runnable as python -m on its own)
     how = "recorded once and replayed (tinydan.compile)" if compiled else "eager"
     notes = f"paper net, P=1, state carried forward; {_WHAT[kind]}; tinydan {how}"
     torch = load_torch()

@@ -8,7 +8,8 @@ that need it say so and time tinydan alone).
   ``tinydan.meta.deploy_step`` / ``meta_step`` with ``tinydan.optim.Adam``;
 * ``meta_train``: Algorithm 1 for the regression experiment (paper section 3.1), the same
   network, initial phi and theta_0, task draws and step as ``python -m tinydan.regression
-  meta-train``, run in PyTorch eager on one thread. ``python -m tinydan.bench.torch_reference
+  meta-train``, run in PyTorch eager on one thread, with one validation at the end
+  (``validate``). ``python -m tinydan.bench.torch_reference
   --epochs N`` runs it; ``python -m tinydan.bench --end-to-end N`` times it against tinydan's
   own command.
 """
@@ -21,7 +22,7 @@ import time
 
 import numpy as np
 
-__all__ = ["load_torch", "regression_forward", "TorchStep", "meta_train", "main"]
+__all__ = ["load_torch", "regression_forward", "TorchStep", "validate", "meta_train", "main"]
 
 _THREADS_SET = False
 
@@ -145,11 +146,31 @@ class TorchStep:
         return meta.item(), loss.item() / P, gphi, old, new
 
 
-def meta_train(cfg, seed: int, epochs: int, log=None) -> dict:
+def validate(torch, net, phi: list, theta0: dict, cfg, seed: int) -> float:
+    """``tinydan.experiments.regression.validate`` in PyTorch: deploy phi (fixed) on the
+    validation functions, all at once (a function axis in place of the population axis), with
+    the same points in the same order; the mean final MSE over the whole function."""
+    from tinydan.experiments.regression import EVAL_POINTS, _replicate
+    from tinydan.tasks import VAL_SEED, SineSequence, sample_functions
+    val = sample_functions(cfg, np.random.default_rng(VAL_SEED), cfg.val_functions, "val")
+    seq = SineSequence(val, np.random.default_rng([seed, 7]), steps=cfg.steps_per_window,
+                       batch=cfg.inner_batch, n_windows=cfg.n_windows,
+                       meta_batch_size=cfg.meta_batch)
+    xe, ye = seq.eval_points(EVAL_POINTS)                        # (F, T*200, 1)
+    step = TorchStep(torch, net, "deploy", phi, _replicate(theta0, len(val)), cfg.inner_lr)
+    for x, y in seq.inner_batches():
+        step(x, y)
+    with torch.no_grad():
+        pred = regression_forward(torch, net, torch.from_numpy(xe), step.theta, step.phi)
+    return float(((pred.numpy().astype(np.float64) - ye) ** 2).mean())
+
+
+def meta_train(cfg, seed: int, epochs: int, log=None, validate_at_end: bool = True) -> dict:
     """Algorithm 1 for the regression experiment in PyTorch eager (plain SGD inner steps, one
     meta-update each, Adam on phi): the network, phi_0, theta_0 and every task draw are those of
-    ``tinydan.experiments.regression.new_trainer(cfg, seed)``. Returns the history, the final
-    phi (numpy) and the seconds spent."""
+    ``tinydan.experiments.regression.new_trainer(cfg, seed)``; then, like ``python -m
+    tinydan.regression meta-train --val-every EPOCHS``, one validation of the final phi. Returns
+    the history, the validation MSE, the final phi (numpy) and the seconds spent."""
     from tinydan.experiments.regression import new_trainer
     torch = load_torch()
     if torch is None:
@@ -178,8 +199,10 @@ def meta_train(cfg, seed: int, epochs: int, log=None) -> dict:
             history[k].append(v)
         if log is not None:
             log(f"epoch {e + 1}: meta-loss {history['meta_loss'][-1]:.6f}")
-    return {"history": history, "seconds": time.perf_counter() - t0,
-            "phi": [p.detach().numpy().copy() for p in step.phi]}
+    phi = [p.detach().numpy().copy() for p in step.phi]
+    val = validate(torch, trainer.net, phi, trainer.theta0, cfg, seed) if validate_at_end \
+        else None
+    return {"history": history, "val": val, "seconds": time.perf_counter() - t0, "phi": phi}
 
 
 def main(argv=None) -> int:
@@ -205,10 +228,12 @@ def main(argv=None) -> int:
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.epochs} meta-epochs in {out['seconds']:.2f} s")
+    print(f"{a.epochs} meta-epochs and a validation (final MSE {out['val']:.4f}) in "
+          f"{out['seconds']:.2f} s")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"history": out["history"], "seconds": out["seconds"]}, f)
+            json.dump({"history": out["history"], "val": out["val"], "seconds": out["seconds"]},
+                      f)
     return 0
 
 

@@ -440,9 +440,12 @@ def end_to_end_text(e2e: dict | None) -> str:
              f"{med['torch']['wall_s']:.1f} s", f"{med['torch']['cpu_s']:.1f} s"],
             ["ratio tinydan / PyTorch (median of the rounds)", fmt(ratio["wall_s"]),
              fmt(ratio["cpu_s"])]]
+    val = (f", and one validation of the final phi on the 20 validation functions (its MSE "
+           f"agrees to {e2e['val_max_rel_diff']:.0e})" if "val_max_rel_diff" in e2e else "")
     return (f"\nEnd to end: {e2e['epochs']} meta-epochs of the regression config "
-            f"`{e2e['config']}`, both from the same phi_0, theta_0 and task draws (their meta-loss "
-            f"histories agree to {e2e['meta_loss_max_rel_diff']:.0e}), as whole processes, "
+            f"`{e2e['config']}`{val}; both sides start from the same phi_0, theta_0 and task "
+            f"draws (their meta-loss histories agree to {e2e['meta_loss_max_rel_diff']:.0e}); "
+            "whole processes, "
             f"{e2e['rounds']} interleaved rounds, medians; target: tinydan at most half "
             "PyTorch's wall time.\n\n" + _table(["run", "wall", "CPU"], rows))
 
