@@ -372,3 +372,49 @@ def test_a_copied_trainer_trains_as_the_original():
     two.run_epoch()
     for p, q in zip(one.net.parameters(), two.net.parameters()):
         assert np.array_equal(p.data, q.data) and p is not q
+
+
+@pytest.mark.parametrize("dtypes", [("float32",) * 3, ("float64",) * 3, ("float32", "float64",
+                                                                            "float32")])
+def test_adam_flat_moments_equal_the_per_parameter_rule_bit_for_bit(dtypes):
+    """Adam's moments live in two flat vectors when the parameters share a dtype (a loop over
+    them otherwise); either way every element follows m <- b1 m + (1-b1) g, v <- b2 v + (1-b2) g^2,
+    p <- p - lr sqrt(1-b2^t)/(1-b1^t) m / (sqrt(v) + eps sqrt(1-b2^t)) exactly, with a rate that
+    changes between steps and a parameter without gradient skipped."""
+    from tinydan.optim import Adam
+    rng = np.random.default_rng(0)
+    shapes = [(4, 3), (3,), (2, 5)]
+    init = [rng.standard_normal(s).astype(d) for s, d in zip(shapes, dtypes)]
+    params = [td.tensor(x.copy(), requires_grad=True) for x in init]
+    opt = Adam(params, lr=1e-2)
+    assert (opt._slices is not None) == (len(set(dtypes)) == 1)
+    ref_p = [x.copy() for x in init]
+    ref_m = [np.zeros_like(x) for x in init]
+    ref_v = [np.zeros_like(x) for x in init]
+    b1, b2, eps, t = 0.9, 0.999, 1e-8, 0
+    for step in range(6):
+        gs = [(rng.standard_normal(s) * 3).astype(d) for s, d in zip(shapes, dtypes)]
+        if step == 3:
+            gs[1] = None                                     # no gradient: left alone
+        opt.lr = 1e-2 * 0.5 ** step
+        opt.step(gs)
+        t += 1
+        c2 = 1 - b2 ** t
+        lr_t, eps_t = opt.lr * np.sqrt(c2) / (1 - b1 ** t), eps * np.sqrt(c2)
+        for i, g in enumerate(gs):
+            if g is None:
+                continue
+            ref_m[i] *= b1
+            ref_m[i] += (1 - b1) * g
+            ref_v[i] *= b2
+            ref_v[i] += (1 - b2) * (g * g)
+            ref_p[i] = ref_p[i] - (lr_t * ref_m[i] / (np.sqrt(ref_v[i]) + eps_t)).astype(
+                ref_p[i].dtype, copy=False)
+    for p, r, m, rm, v, rv in zip(params, ref_p, opt.m, ref_m, opt.v, ref_v):
+        assert np.array_equal(p.data, r) and np.array_equal(m, rm) and np.array_equal(v, rv)
+    state = opt.state_dict()                                 # the checkpoint format: m.i, v.i
+    again = Adam([td.tensor(x.copy(), requires_grad=True) for x in init], lr=1e-2)
+    again.load_state_dict(state)
+    assert all(np.array_equal(a, b) for a, b in zip(again.m + again.v, opt.m + opt.v))
+    if again._slices is not None:                            # restored into the flat vectors
+        assert np.shares_memory(again.m[0], again.m_all)
