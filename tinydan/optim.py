@@ -97,6 +97,8 @@ class Adam(_Optimizer):
             self.v = [np.zeros_like(p.data) for p in self.params]
 
     def step(self, grads=None) -> None:
+        """One update of every parameter from ``grads`` (default: each parameter's ``.grad``); a
+        parameter whose gradient is None is left alone, its moments too."""
         grads = self._grads(grads)
         if self._slices is not None and all(g is not None for g in grads):
             return self._step_flat(grads)
