@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+from tinydan.checkpoint import write_atomic
+
 from . import cases, ucil_step          # noqa: F401 - importing cases registers its benchmarks
 from .end_to_end import end_to_end, format_end_to_end
 from .regression_steps import PUBLISHED_S
@@ -209,6 +211,5 @@ def main(argv=None) -> int:
             data["end_to_end"] = e2e
         if args.ucil:
             data["ucil"] = _ucil_dict(ucil) if _ucil_dict(ucil) is not None else ucil
-        with open(args.json, "w") as f:
-            json.dump(data, f, indent=1, default=str)
+        write_atomic(args.json, json.dumps(data, indent=1, default=str))
     return rc

@@ -434,13 +434,13 @@ def end_to_end_text(e2e: dict | None) -> str:
     if not e2e:
         return ""
     med, ratio = e2e["median"], e2e["ratio"]
-    rows = [["tinydan: `python -m tinydan.regression meta-train`", f"{med['tinydan']['wall_s']:.1f} s",
-             f"{med['tinydan']['cpu_s']:.1f} s"],
+    rows = [["tinydan: `python -m tinydan.regression meta-train`",
+             f"{med['tinydan']['wall_s']:.1f} s", f"{med['tinydan']['cpu_s']:.1f} s"],
             ["PyTorch eager: `python -m tinydan.bench.torch_reference`",
              f"{med['torch']['wall_s']:.1f} s", f"{med['torch']['cpu_s']:.1f} s"],
             ["ratio tinydan / PyTorch (median of the rounds)", fmt(ratio["wall_s"]),
              fmt(ratio["cpu_s"])]]
-    val = (f", and one validation of the final phi on the 20 validation functions (its MSE "
+    val = (f", and one validation of the final phi on the validation functions (its MSE "
            f"agrees to {e2e['val_max_rel_diff']:.0e})" if "val_max_rel_diff" in e2e else "")
     return (f"\nEnd to end: {e2e['epochs']} meta-epochs of the regression config "
             f"`{e2e['config']}`{val}; both sides start from the same phi_0, theta_0 and task "
